@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Starts, idempotently, the services invalidator's tests talk to, installing what is missing:
+#   PostgreSQL on 127.0.0.1:5432 (database `test`, trust auth on loopback),
+#   Redis on 127.0.0.1:6379,
+#   tansu (a Kafka-protocol broker) on 127.0.0.1:9092 with the sqlite storage engine.
+# Each one that already answers is left alone. Safe to run any number of times.
+#
+#   scripts/services.sh          start what is not running
+#   scripts/services.sh stop     stop the tansu broker this script started
+#
+# Environment: INVALIDATOR_TOOLS (cache dir for the tansu binary and broker data,
+# default ~/.cache/invalidator-tools), KAFKA_PORT (default 9092).
+set -euo pipefail
+
+TOOLS=${INVALIDATOR_TOOLS:-$HOME/.cache/invalidator-tools}
+TANSU_VERSION=0.6.0
+TANSU=$TOOLS/tansu-$TANSU_VERSION/bin/tansu
+KAFKA_PORT=${KAFKA_PORT:-9092}
+RUN_DIR=$TOOLS/run/tansu-$KAFKA_PORT
+
+say() { printf 'services: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root (or sudo) to run: $*"; fi
+}
+
+apt_updated=
+apt_install() {
+  command -v apt-get >/dev/null || die "$* missing and there is no apt-get here: install it by hand"
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  say "installing $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs=$1 what=$2; shift 2
+  for _ in $(seq $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "$what did not come up within ${secs}s"
+}
+
+postgres() {
+  if ! command -v pg_ctlcluster >/dev/null || ! command -v psql >/dev/null; then
+    apt_install postgresql postgresql-client
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    local ver
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$ver" ] || die "no PostgreSQL cluster under /etc/postgresql: create one with pg_createcluster"
+    say "starting PostgreSQL $ver"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+    wait_for 30 PostgreSQL pg_isready -q -h 127.0.0.1 -p 5432
+  fi
+  # Tests log in as postgres over loopback without a password. A fresh Debian cluster asks
+  # for one (scram): allow trust on loopback only, which is what a test machine wants.
+  if ! psql -w -X -q -h 127.0.0.1 -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1; then
+    local ver hba
+    ver=$(ls /etc/postgresql | sort -V | tail -n 1)
+    hba=/etc/postgresql/$ver/main/pg_hba.conf
+    say "allowing trust auth on loopback in $hba (test machine)"
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+    wait_for 10 "PostgreSQL login" psql -w -X -q -h 127.0.0.1 -U postgres -d postgres -c 'SELECT 1'
+  fi
+  if ! psql -w -X -qAt -h 127.0.0.1 -U postgres -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1; then
+    psql -w -X -q -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null
+  fi
+  say "PostgreSQL ready on 127.0.0.1:5432"
+}
+
+redis() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server redis-tools
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    say "starting Redis"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_for 10 Redis sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
+  fi
+  say "Redis ready on 127.0.0.1:6379"
+}
+
+# The tansu binary is built once from crates.io (about 9 minutes on 2 cores) and cached.
+tansu_binary() {
+  [ -x "$TANSU" ] && return 0
+  command -v cargo >/dev/null || die "cargo is needed to build the tansu broker"
+  say "building tansu $TANSU_VERSION once into $TOOLS (about 9 minutes on 2 cores)"
+  mkdir -p "$TOOLS"
+  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql \
+    --root "$TOOLS/tansu-$TANSU_VERSION" >"$TOOLS/tansu-install.log" 2>&1 \
+    || { tail -n 30 "$TOOLS/tansu-install.log" >&2; die "building tansu failed (log: $TOOLS/tansu-install.log)"; }
+}
+
+kafka() {
+  if port_open "$KAFKA_PORT"; then say "a broker already listens on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+  tansu_binary
+  mkdir -p "$RUN_DIR"
+  say "starting tansu on 127.0.0.1:$KAFKA_PORT (sqlite storage in $RUN_DIR)"
+  # sqlite, not memory: the memory engine skips records when a consumer group resumes
+  # mid-batch, and the tests restart consumers. Relative path: the db lives in RUN_DIR.
+  (cd "$RUN_DIR" && nohup "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine sqlite://tansu.db >"$RUN_DIR/tansu.log" 2>&1 &
+   echo $! >"$RUN_DIR/tansu.pid")
+  wait_for 60 "tansu (log: $RUN_DIR/tansu.log)" port_open "$KAFKA_PORT"
+  say "tansu ready on 127.0.0.1:$KAFKA_PORT"
+}
+
+case "${1:-up}" in
+  up) postgres; redis; kafka ;;
+  stop)
+    if [ -f "$RUN_DIR/tansu.pid" ]; then kill "$(cat "$RUN_DIR/tansu.pid")" 2>/dev/null || true; rm -f "$RUN_DIR/tansu.pid"; fi ;;
+  *) die "usage: $0 [up|stop]" ;;
+esac

@@ -1,0 +1,114 @@
+//! The command line: clap derive definitions. Every flag has an `INVALIDATOR_*` environment
+//! twin (connection strings keep their conventional names), and each `///` comment is the
+//! operator's `--help` text.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::redact::Redacted;
+use crate::telemetry::LogFormat;
+
+/// Transactional-outbox cache invalidation: PostgreSQL outbox → Kafka → Redis.
+#[derive(Debug, Parser)]
+#[command(name = "invalidator", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line) for collectors.
+    #[arg(
+        long,
+        env = "INVALIDATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade schema `invalidator` in an existing database (idempotent).
+    Migrate(MigrateArgs),
+}
+
+/// Where PostgreSQL is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection string (URL or libpq key=value form) of the application's
+    /// database. Its password is never printed.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, value_parser = parse_redacted)]
+    pub database_url: Redacted,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Print the SQL of the pending migrations instead of applying them.
+    #[arg(long, env = "INVALIDATOR_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// How long to wait for the migration lock held by another `migrate` (e.g. `30s`, `2m`).
+    #[arg(long, env = "INVALIDATOR_LOCK_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+fn parse_redacted(s: &str) -> Result<Redacted, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Redacted::new(s))
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 10s, 5m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// Durations take the units operators write.
+    fn durations_parse() {
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    /// The clap definition is internally consistent (no duplicate flags, valid defaults).
+    fn cli_debug_assert() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

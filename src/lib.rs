@@ -1,0 +1,21 @@
+//! invalidator: the transactional-outbox pattern for cache invalidation.
+//!
+//! ```text
+//!  app transaction ──► invalidator.outbox ──► relay ──► Kafka topic ──► consumer ──► Redis
+//!  (domain rows + outbox                      (claim,    (key = partition_key)  (UNLINK /
+//!   row, one COMMIT)                           publish,                        guarded bump)
+//!                                              delete)            poison ──► <topic>.dlq
+//! ```
+//!
+//! Map of the crate (data flows one way, top to bottom):
+//! - [`migrate`] and `migrations/`: schema `invalidator`, `invalidator.invalidate()`.
+//! - [`db`]: PostgreSQL connections and the errors users hit making them.
+//! - [`cli`]: the command line; [`telemetry`]: logging; [`redact`]: secret-free URLs.
+//!
+//! The contract the code follows is `docs/DESIGN.md`.
+
+pub mod cli;
+pub mod db;
+pub mod migrate;
+pub mod redact;
+pub mod telemetry;

@@ -1,0 +1,147 @@
+//! Shared test helpers: find the real services through `DATABASE_URL`, `REDIS_URL` and
+//! `KAFKA_BROKERS` (loopback defaults), and give each test resources of its own.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::time::{Duration, Instant};
+
+use invalidator::redact::Redacted;
+use rand::distr::{Alphanumeric, SampleString};
+
+/// The server's connection string for administration (creating test databases).
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A short random lowercase suffix for names a test owns.
+pub fn unique(prefix: &str) -> String {
+    let s = Alphanumeric
+        .sample_string(&mut rand::rng(), 10)
+        .to_lowercase();
+    format!("{prefix}_{s}")
+}
+
+/// A database of the test's own, created from `admin_url()` and dropped (with FORCE) when
+/// the value is dropped, even when the test panics.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = unique("inv_t");
+        let admin = connect(&admin_url()).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        let url = with_database(&admin_url(), &name);
+        TestDb { name, url }
+    }
+
+    pub fn redacted(&self) -> Redacted {
+        Redacted::new(self.url.clone())
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; a fresh thread with its own runtime can block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Replaces the database name of a `postgres://…/db` URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{base}/{db}{query}")
+}
+
+/// Replaces the user of a `postgres://user@…` URL.
+pub fn with_user(url: &str, user: &str) -> String {
+    let scheme_end = url.find("://").expect("a URL") + 3;
+    let rest = &url[scheme_end..];
+    let host = match rest.find('@') {
+        Some(at) if at < rest.find('/').unwrap_or(rest.len()) => &rest[at + 1..],
+        _ => rest,
+    };
+    format!("{}{user}@{host}", &url[..scheme_end])
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", invalidator::redact::redact(url)));
+    tokio::spawn(conn);
+    client
+}
+
+/// Polls `check` until it returns true or `timeout` passes; panics with `what` then.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `invalidator` binary built for this test run.
+pub fn bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_invalidator"))
+}
+
+/// Runs the binary with `args` and `env`, with no inherited service variables.
+pub async fn run_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("KAFKA_BROKERS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("running the invalidator binary")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
