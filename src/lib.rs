@@ -16,6 +16,9 @@
 
 pub mod cli;
 pub mod db;
+pub mod kafka;
 pub mod migrate;
 pub mod redact;
+pub mod shutdown;
 pub mod telemetry;
+pub mod wire;

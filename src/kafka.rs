@@ -1,0 +1,234 @@
+//! Kafka client set-up shared by the relay, the consumer and the DLQ tools: the base
+//! librdkafka configuration, `-X key=value` pass-through, and topic checks at start-up.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// librdkafka options that typed flags own; `-X` may not set them.
+const OWNED_BY_FLAGS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "--kafka-brokers / KAFKA_BROKERS"),
+    ("metadata.broker.list", "--kafka-brokers / KAFKA_BROKERS"),
+    ("group.id", "--group"),
+    (
+        "enable.auto.offset.store",
+        "(always false: offsets are stored only after Redis applied)",
+    ),
+    ("enable.idempotence", "(always true for the relay)"),
+    (
+        "transactional.id",
+        "(the relay does not use Kafka transactions)",
+    ),
+    ("message.timeout.ms", "--delivery-timeout"),
+    ("delivery.timeout.ms", "--delivery-timeout"),
+];
+
+/// Where Kafka is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// `-X key=value` options, validated by [`parse_option`] and [`check_options`].
+    pub options: Vec<(String, String)>,
+}
+
+/// Why a Kafka option or topic is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("-X {0:?} is not of the form key=value")]
+    BadOption(String),
+    #[error("-X {key} is set by {owner}; remove the -X option")]
+    OptionOwnedByFlag { key: String, owner: &'static str },
+    #[error(
+        "topic {topic:?} does not exist on the brokers at {brokers}: create it (or start with \
+         --create-topics), topics are never assumed to auto-create"
+    )]
+    TopicMissing { topic: String, brokers: String },
+    #[error("cannot read topic metadata from the brokers at {brokers}: are they reachable?")]
+    Metadata {
+        brokers: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("creating topic {topic:?} failed: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("creating a Kafka client failed")]
+    Client(#[source] KafkaError),
+}
+
+impl KafkaSetupError {
+    /// Whether a retry may succeed (brokers not up yet), as opposed to a configuration error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KafkaSetupError::Metadata { .. })
+    }
+}
+
+/// Parses one `-X key=value`.
+pub fn parse_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(KafkaSetupError::BadOption(s.to_string()).to_string()),
+    }
+}
+
+/// Refuses `-X` options that collide with a typed flag.
+pub fn check_options(options: &[(String, String)]) -> Result<(), KafkaSetupError> {
+    for (k, _) in options {
+        if let Some((_, owner)) = OWNED_BY_FLAGS.iter().find(|(key, _)| key == k) {
+            return Err(KafkaSetupError::OptionOwnedByFlag {
+                key: k.clone(),
+                owner,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl KafkaSettings {
+    /// The base configuration: brokers, then the `-X` options (which win over our defaults,
+    /// but were checked not to collide with typed flags).
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config.set("client.id", "invalidator");
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.options {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// Checks that every topic exists; with `create`, creates the missing ones first.
+    pub async fn ensure_topics(
+        &self,
+        topics: &[String],
+        create: Option<TopicSpec>,
+    ) -> Result<(), KafkaSetupError> {
+        let missing = self.missing_topics(topics).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let Some(spec) = create else {
+            return Err(KafkaSetupError::TopicMissing {
+                topic: missing[0].clone(),
+                brokers: self.brokers.clone(),
+            });
+        };
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config(&[])
+            .create()
+            .map_err(KafkaSetupError::Client)?;
+        let new: Vec<NewTopic> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    spec.partitions,
+                    TopicReplication::Fixed(spec.replication_factor),
+                )
+            })
+            .collect();
+        let results = admin
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .map_err(|e| KafkaSetupError::CreateTopic {
+                topic: missing.join(","),
+                reason: e.to_string(),
+            })?;
+        for r in results {
+            match r {
+                Ok(topic) => tracing::info!(topic, partitions = spec.partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaSetupError::CreateTopic {
+                        topic,
+                        reason: code.to_string(),
+                    })
+                }
+            }
+        }
+        // Metadata propagates asynchronously; wait until every topic is visible.
+        for _ in 0..100 {
+            if self.missing_topics(topics).await?.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(KafkaSetupError::TopicMissing {
+            topic: missing[0].clone(),
+            brokers: self.brokers.clone(),
+        })
+    }
+
+    /// The topics of `topics` that the cluster does not have.
+    pub async fn missing_topics(&self, topics: &[String]) -> Result<Vec<String>, KafkaSetupError> {
+        let config = self.client_config(&[("allow.auto.create.topics", "false")]);
+        let brokers = self.brokers.clone();
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create().map_err(KafkaSetupError::Client)?;
+            let metadata = consumer
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map_err(|source| KafkaSetupError::Metadata {
+                    brokers: brokers.clone(),
+                    source,
+                })?;
+            let present: Vec<&str> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.name())
+                .collect();
+            Ok(topics
+                .into_iter()
+                .filter(|t| !present.contains(&t.as_str()))
+                .collect())
+        })
+        .await
+        .expect("the metadata task does not panic")
+    }
+}
+
+/// How to create topics with `--create-topics`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec {
+    pub partitions: i32,
+    /// -1 lets the broker choose its default replication factor.
+    pub replication_factor: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// -X must be key=value, and may not set what a typed flag owns.
+    fn options_are_checked() {
+        assert_eq!(
+            parse_option("security.protocol=SASL_SSL"),
+            Ok(("security.protocol".into(), "SASL_SSL".into()))
+        );
+        assert_eq!(
+            parse_option("sasl.password=a=b"),
+            Ok(("sasl.password".into(), "a=b".into()))
+        );
+        assert!(parse_option("novalue").is_err());
+        assert!(parse_option("=x").is_err());
+        let err = check_options(&[("group.id".into(), "x".into())]).unwrap_err();
+        assert!(
+            err.to_string().contains("-X group.id is set by --group"),
+            "{err}"
+        );
+        assert!(check_options(&[("linger.ms".into(), "1".into())]).is_ok());
+    }
+}

@@ -1,0 +1,182 @@
+//! The wire format of DESIGN §4: the JSON value of a Kafka record, and header names.
+//! Pure: no I/O, so the relay, the consumer, the DLQ tools and the fuzzer share it.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The only schema version this build writes and reads.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Header names carried on every record.
+pub mod headers {
+    pub const CONTENT_TYPE: &str = "content-type";
+    pub const CONTENT_TYPE_JSON: &str = "application/json";
+    pub const EVENT_ID: &str = "invalidator-event-id";
+    /// Set on records re-published by `dlq replay`: the DLQ record's `topic/partition/offset`.
+    pub const REPLAYED_FROM: &str = "invalidator-replayed-from";
+    pub const DLQ_REASON: &str = "invalidator-dlq-reason";
+    pub const DLQ_ERROR: &str = "invalidator-dlq-error";
+    pub const DLQ_SOURCE: &str = "invalidator-dlq-source";
+    pub const DLQ_ATTEMPTS: &str = "invalidator-dlq-attempts";
+    pub const DLQ_FAILED_AT: &str = "invalidator-dlq-failed-at";
+}
+
+/// What the consumer does with the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// UNLINK each key and bump its fill guard.
+    Delete,
+    /// INCR each key (a version counter) once per event.
+    Bump,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Delete => "delete",
+            Op::Bump => "bump",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "delete" => Some(Op::Delete),
+            "bump" => Some(Op::Bump),
+            _ => None,
+        }
+    }
+}
+
+/// One invalidation event, as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub v: u64,
+    pub event_id: Uuid,
+    pub op: Op,
+    pub keys: Vec<String>,
+    #[serde(with = "micros")]
+    pub created_at: DateTime<Utc>,
+    /// Where the event came from (the relay's `--source`, by default the database name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl Event {
+    /// The record value: compact JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self)
+            .expect("an Event always serializes: plain strings, numbers and a uuid")
+    }
+}
+
+/// Why a record value is not an event this build can apply.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not JSON, not an object, a missing or mistyped field, no keys.
+    #[error("record value is not a valid invalidation event: {0}")]
+    Invalid(String),
+    /// JSON with a `v` this build does not know; a newer relay wrote it.
+    #[error("unsupported event schema version {0} (this build reads version {SCHEMA_VERSION})")]
+    UnsupportedVersion(u64),
+}
+
+/// Parses a record value. Unknown fields are ignored; an unknown `v` is its own error.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u64,
+    }
+    let version: Version =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if version.v != SCHEMA_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version.v));
+    }
+    let event: Event =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if event.keys.is_empty() {
+        return Err(DecodeError::Invalid("the event has no keys".into()));
+    }
+    Ok(event)
+}
+
+/// `created_at` as RFC 3339 with microseconds and `Z`, the precision PostgreSQL stores.
+mod micros {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        Event {
+            v: 1,
+            event_id: Uuid::parse_str("6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f").unwrap(),
+            op: Op::Delete,
+            keys: vec!["product:42".into()],
+            created_at: DateTime::parse_from_rfc3339("2026-11-23T06:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            source: Some("orders-db".into()),
+        }
+    }
+
+    #[test]
+    /// The encoding is exactly the example of DESIGN §4.
+    fn encodes_design_example() {
+        assert_eq!(
+            String::from_utf8(sample().encode()).unwrap(),
+            r#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"delete","keys":["product:42"],"created_at":"2026-11-23T06:00:00.123456Z","source":"orders-db"}"#
+        );
+    }
+
+    #[test]
+    /// decode(encode(e)) == e, and unknown fields are ignored.
+    fn round_trip_and_unknown_fields() {
+        assert_eq!(decode(&sample().encode()), Ok(sample()));
+        let with_extra = br#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"bump","keys":["a"],"created_at":"2026-11-23T06:00:00Z","future":{"x":1}}"#;
+        let e = decode(with_extra).unwrap();
+        assert_eq!(e.op, Op::Bump);
+        assert_eq!(e.source, None);
+    }
+
+    #[test]
+    /// An unknown `v` is reported as such, not as garbage.
+    fn unknown_version() {
+        assert_eq!(
+            decode(br#"{"v":2,"whatever":true}"#),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    /// Bad values are decode errors: not JSON, wrong types, no keys, bad op, invalid UTF-8.
+    fn invalid_values() {
+        for bad in [
+            &b"not json"[..],
+            br#"[1,2]"#,
+            br#"{"event_id":"x"}"#,
+            br#"{"v":"1"}"#,
+            br#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"delete","keys":[],"created_at":"2026-11-23T06:00:00Z"}"#,
+            br#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"purge","keys":["a"],"created_at":"2026-11-23T06:00:00Z"}"#,
+            br#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"delete","keys":[1],"created_at":"2026-11-23T06:00:00Z"}"#,
+            b"{\"v\":1,\"keys\":[\"\xff\"]}",
+        ] {
+            assert!(matches!(decode(bad), Err(DecodeError::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
