@@ -24,4 +24,5 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
 export INVALIDATOR_TOOLS=${INVALIDATOR_TOOLS:-$HOME/.cache/invalidator-tools}
 
-cargo test --locked --all-targets --no-fail-fast "$@"
+# --lib --bins --tests: not --all-targets, which would also run the benchmark harnesses.
+cargo test --locked --lib --bins --tests --no-fail-fast "$@"
