@@ -2,21 +2,22 @@
 # Starts, idempotently, the services invalidator's tests talk to, installing what is missing:
 #   PostgreSQL on 127.0.0.1:5432 (database `test`, trust auth on loopback),
 #   Redis on 127.0.0.1:6379,
-#   tansu (a Kafka-protocol broker) on 127.0.0.1:9092 with the sqlite storage engine.
+#   tansu (a Kafka-protocol broker) on 127.0.0.1:9092 with the sqlite storage engine, which
+#     keeps every record when a consumer group resumes (tests that restart consumers), and
+#   tansu on 127.0.0.1:9093 with the memory engine: fast, for volume and latency tests that
+#     never resume a group (it skips records of a batch a group resumes in the middle of).
 # Each one that already answers is left alone. Safe to run any number of times.
 #
 #   scripts/services.sh          start what is not running
-#   scripts/services.sh stop     stop the tansu broker this script started
+#   scripts/services.sh stop     stop the tansu brokers this script started
 #
 # Environment: INVALIDATOR_TOOLS (cache dir for the tansu binary and broker data,
-# default ~/.cache/invalidator-tools), KAFKA_PORT (default 9092).
+# default ~/.cache/invalidator-tools).
 set -euo pipefail
 
 TOOLS=${INVALIDATOR_TOOLS:-$HOME/.cache/invalidator-tools}
 TANSU_VERSION=0.6.0
 TANSU=$TOOLS/tansu-$TANSU_VERSION/bin/tansu
-KAFKA_PORT=${KAFKA_PORT:-9092}
-RUN_DIR=$TOOLS/run/tansu-$KAFKA_PORT
 
 say() { printf 'services: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -94,25 +95,29 @@ tansu_binary() {
     || { tail -n 30 "$TOOLS/tansu-install.log" >&2; die "building tansu failed (log: $TOOLS/tansu-install.log)"; }
 }
 
-kafka() {
-  if port_open "$KAFKA_PORT"; then say "a broker already listens on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+kafka() { # kafka PORT ENGINE
+  local port=$1 engine=$2 dir=$TOOLS/run/tansu-$1
+  if port_open "$port"; then say "a broker already listens on 127.0.0.1:$port"; return 0; fi
   tansu_binary
-  mkdir -p "$RUN_DIR"
-  say "starting tansu on 127.0.0.1:$KAFKA_PORT (sqlite storage in $RUN_DIR)"
-  # sqlite, not memory: the memory engine skips records when a consumer group resumes
-  # mid-batch, and the tests restart consumers. Relative path: the db lives in RUN_DIR.
-  (cd "$RUN_DIR" && nohup "$TANSU" broker \
-      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine sqlite://tansu.db >"$RUN_DIR/tansu.log" 2>&1 &
-   echo $! >"$RUN_DIR/tansu.pid")
-  wait_for 60 "tansu (log: $RUN_DIR/tansu.log)" port_open "$KAFKA_PORT"
-  say "tansu ready on 127.0.0.1:$KAFKA_PORT"
+  mkdir -p "$dir"
+  say "starting tansu on 127.0.0.1:$port (storage $engine in $dir)"
+  # A relative sqlite path: the database lives in $dir.
+  (cd "$dir" && nohup "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine "$engine" >"$dir/tansu.log" 2>&1 &
+   echo $! >"$dir/tansu.pid")
+  wait_for 60 "tansu (log: $dir/tansu.log)" port_open "$port"
+  say "tansu ready on 127.0.0.1:$port"
+}
+
+stop_kafka() { # stop_kafka PORT
+  local pidfile=$TOOLS/run/tansu-$1/tansu.pid
+  if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
 }
 
 case "${1:-up}" in
-  up) postgres; redis; kafka ;;
-  stop)
-    if [ -f "$RUN_DIR/tansu.pid" ]; then kill "$(cat "$RUN_DIR/tansu.pid")" 2>/dev/null || true; rm -f "$RUN_DIR/tansu.pid"; fi ;;
+  up) postgres; redis; kafka 9092 sqlite://tansu.db; kafka 9093 memory://tansu/ ;;
+  stop) stop_kafka 9092; stop_kafka 9093 ;;
   *) die "usage: $0 [up|stop]" ;;
 esac

@@ -21,7 +21,8 @@ bash scripts/services.sh up
 
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
+export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}            # durable (sqlite) broker
+export KAFKA_FAST_BROKERS=${KAFKA_FAST_BROKERS:-127.0.0.1:9093}  # memory broker: volume tests
 export INVALIDATOR_TOOLS=${INVALIDATOR_TOOLS:-$HOME/.cache/invalidator-tools}
 
 # --lib --bins --tests: not --all-targets, which would also run the benchmark harnesses.

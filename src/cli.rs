@@ -31,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Create or upgrade schema `invalidator` in an existing database (idempotent).
     Migrate(MigrateArgs),
+    /// Publish the outbox to Kafka: claim, publish, await acks, delete; until SIGTERM.
+    Relay(RelayArgs),
 }
 
 /// Where PostgreSQL is.
@@ -54,6 +56,91 @@ pub struct MigrateArgs {
     /// How long to wait for the migration lock held by another `migrate` (e.g. `30s`, `2m`).
     #[arg(long, env = "INVALIDATOR_LOCK_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+}
+
+/// Where Kafka is, and librdkafka options passed through.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap brokers, `host:port[,host:port…]`.
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        value_name = "HOST:PORT,…"
+    )]
+    pub brokers: String,
+
+    /// A librdkafka option, `key=value`, passed through as is (SASL/SSL, tuning); repeatable.
+    /// Options a typed flag owns (e.g. group.id, message.timeout.ms) are refused.
+    /// Env: comma-separated.
+    #[arg(
+        short = 'X',
+        long = "kafka-option",
+        env = "INVALIDATOR_KAFKA_OPTIONS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE",
+        hide_env_values = true,
+        value_parser = crate::kafka::parse_option
+    )]
+    pub options: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic for rows whose `topic` is NULL. Its dead-letter topic is `<topic>.dlq`.
+    #[arg(long, env = "INVALIDATOR_TOPIC", default_value = "cache-invalidations")]
+    pub topic: String,
+
+    /// Rows claimed, published and deleted per transaction.
+    #[arg(long, env = "INVALIDATOR_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: i64,
+
+    /// Wait between polls that found less than a full batch (a full batch re-polls at once).
+    #[arg(long, env = "INVALIDATOR_POLL_INTERVAL", default_value = "10ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// How often a claim scans the outbox from its first row, to pick up rows whose
+    /// transactions committed long after rows with higher ids.
+    #[arg(long, env = "INVALIDATOR_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// How long a batch waits for the brokers to acknowledge before it rolls back and is
+    /// retried (librdkafka message.timeout.ms). The claimed rows stay locked meanwhile.
+    #[arg(long, env = "INVALIDATOR_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// `source` field of published events. Default: the database name.
+    #[arg(long, env = "INVALIDATOR_SOURCE")]
+    pub source: Option<String>,
+
+    /// Create the topic at start-up if it is missing (otherwise a missing topic is an error).
+    #[arg(long, env = "INVALIDATOR_CREATE_TOPICS")]
+    pub create_topics: bool,
+
+    /// Partitions of topics created by --create-topics.
+    #[arg(long, env = "INVALIDATOR_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
+    /// Replication factor of topics created by --create-topics; -1 = the broker's default.
+    #[arg(long, env = "INVALIDATOR_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub replication_factor: i32,
+
+    /// Do not LISTEN for the opt-in wake-up trigger (polling only).
+    #[arg(long, env = "INVALIDATOR_NO_LISTEN")]
+    pub no_listen: bool,
+
+    /// Longest wait between retries while PostgreSQL or Kafka is unavailable.
+    #[arg(long, env = "INVALIDATOR_MAX_BACKOFF", default_value = "10s", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+
+    /// After SIGTERM/SIGINT, how long the batch in flight may take to commit or roll back.
+    #[arg(long, env = "INVALIDATOR_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 fn parse_redacted(s: &str) -> Result<Redacted, String> {

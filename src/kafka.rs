@@ -177,22 +177,24 @@ impl KafkaSettings {
         let topics = topics.to_vec();
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = config.create().map_err(KafkaSetupError::Client)?;
-            let metadata = consumer
-                .fetch_metadata(None, Duration::from_secs(10))
-                .map_err(|source| KafkaSetupError::Metadata {
-                    brokers: brokers.clone(),
-                    source,
-                })?;
-            let present: Vec<&str> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                .map(|t| t.name())
-                .collect();
-            Ok(topics
-                .into_iter()
-                .filter(|t| !present.contains(&t.as_str()))
-                .collect())
+            let mut missing = Vec::new();
+            // One topic per request: a cluster-wide metadata request grows with every topic
+            // the cluster has (and is slow on some brokers).
+            for topic in topics {
+                let metadata = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .map_err(|source| KafkaSetupError::Metadata {
+                        brokers: brokers.clone(),
+                        source,
+                    })?;
+                let present = metadata.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+                if !present {
+                    missing.push(topic);
+                }
+            }
+            Ok(missing)
         })
         .await
         .expect("the metadata task does not panic")

@@ -10,6 +10,11 @@
 //! Map of the crate (data flows one way, top to bottom):
 //! - [`migrate`] and `migrations/`: schema `invalidator`, `invalidator.invalidate()`.
 //! - [`db`]: PostgreSQL connections and the errors users hit making them.
+//! - [`outbox`]: the outbox SQL the relay runs (claim, bury, schema check).
+//! - [`relay`]: the relay daemon, outbox → Kafka ([`relay::run`]).
+//! - [`wire`]: the record format shared by relay, consumer and DLQ tools (pure).
+//! - [`kafka`]: librdkafka configuration, `-X` pass-through, topic checks.
+//! - [`retry`]: backoff and once-per-state-change logging; [`shutdown`]: signals and grace.
 //! - [`cli`]: the command line; [`telemetry`]: logging; [`redact`]: secret-free URLs.
 //!
 //! The contract the code follows is `docs/DESIGN.md`.
@@ -18,7 +23,10 @@ pub mod cli;
 pub mod db;
 pub mod kafka;
 pub mod migrate;
+pub mod outbox;
 pub mod redact;
+pub mod relay;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod wire;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use invalidator::cli::{Cli, Command, MigrateArgs};
-use invalidator::{db, migrate, telemetry};
+use invalidator::cli::{Cli, Command, MigrateArgs, RelayArgs};
+use invalidator::relay::{self, RelaySettings};
+use invalidator::{db, migrate, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(args) => run_migrate(args).await,
+        Command::Relay(args) => run_relay(args).await,
     }
 }
 
@@ -86,5 +88,13 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
         }
         println!("the database is at version {}", outcome.version);
     }
+    Ok(())
+}
+
+async fn run_relay(args: RelayArgs) -> anyhow::Result<()> {
+    let grace = args.shutdown_timeout;
+    let settings = RelaySettings::try_from(args)?;
+    let token = shutdown::on_signals();
+    shutdown::run_with_grace("relay", token.clone(), grace, relay::run(settings, token)).await??;
     Ok(())
 }

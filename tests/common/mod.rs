@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod kafka;
+
 use invalidator::redact::Redacted;
 use rand::distr::{Alphanumeric, SampleString};
 

@@ -1,0 +1,147 @@
+//! The outbox's SQL, as the relay uses it: claim a batch, bury undeliverable rows, check
+//! the schema. (Schema changes themselves live in `migrations/`.)
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+/// The schema version (highest migration) this build needs.
+pub const REQUIRED_VERSION: i32 = 2;
+
+/// One claimed outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub topic: Option<String>,
+    pub partition_key: String,
+    pub op: String,
+    pub keys: Vec<String>,
+    pub headers: serde_json::Value,
+}
+
+/// Claims and deletes up to `limit` rows with `id >= from_id`, in id order, skipping rows
+/// another relay holds. The deletion only takes effect if the caller's transaction commits:
+/// every failure before COMMIT gives the rows back.
+const CLAIM: &str = "
+    WITH batch AS (
+        SELECT id FROM invalidator.outbox
+        WHERE id >= $2
+        ORDER BY id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM invalidator.outbox o USING batch
+    WHERE o.id = batch.id
+    RETURNING o.id, o.event_id, o.created_at, o.topic, o.partition_key, o.op, o.keys, o.headers";
+
+pub async fn claim(
+    tx: &Transaction<'_>,
+    limit: i64,
+    from_id: i64,
+) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(CLAIM).await?;
+    let rows = tx.query(&stmt, &[&limit, &from_id]).await?;
+    let mut out: Vec<OutboxRow> = rows
+        .iter()
+        .map(|r| OutboxRow {
+            id: r.get(0),
+            event_id: r.get(1),
+            created_at: r.get(2),
+            topic: r.get(3),
+            partition_key: r.get(4),
+            op: r.get(5),
+            keys: r.get(6),
+            headers: r.get(7),
+        })
+        .collect();
+    // RETURNING has no defined order.
+    out.sort_unstable_by_key(|r| r.id);
+    Ok(out)
+}
+
+/// Moves a claimed (already deleted) row to `outbox_dead` with the reason, in the same
+/// transaction, so that it never blocks the rows behind it and is never lost.
+pub async fn bury(
+    tx: &Transaction<'_>,
+    row: &OutboxRow,
+    error: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO invalidator.outbox_dead
+                 (id, event_id, created_at, topic, partition_key, op, keys, headers, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &row.id,
+            &row.event_id,
+            &row.created_at,
+            &row.topic,
+            &row.partition_key,
+            &row.op,
+            &row.keys,
+            &row.headers,
+            &error,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Why the database is not ready for the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the database has no schema `invalidator`: run `invalidator migrate` first")]
+    Missing,
+    #[error(
+        "the database's invalidator schema is at version {found}, this build needs {REQUIRED_VERSION}: \
+         run `invalidator migrate` with this build"
+    )]
+    Old { found: i32 },
+    #[error("checking the invalidator schema failed")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// Checks that the migrations this build needs are applied.
+pub async fn check_schema(client: &impl GenericClient) -> Result<(), SchemaError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('invalidator.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Err(SchemaError::Missing);
+    }
+    let found: Option<i32> = client
+        .query_one(
+            "SELECT max(version) FROM invalidator.schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    match found {
+        None => Err(SchemaError::Missing),
+        Some(v) if v < REQUIRED_VERSION => Err(SchemaError::Old { found: v }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The database's name: the default `source` of published events.
+pub async fn database_name(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT current_database()::text", &[])
+        .await?
+        .get(0))
+}
+
+/// The channel the opt-in trigger notifies.
+pub const NOTIFY_CHANNEL: &str = "invalidator_outbox";

@@ -1,0 +1,334 @@
+//! The relay loop: one transaction per batch — claim, publish every record, await every
+//! acknowledgement, bury the never-deliverable, COMMIT. Any failure before COMMIT drops the
+//! transaction, which rolls back, so the rows are claimed again (at-least-once).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::StreamExt;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::cursor::Cursor;
+use super::publish::{self, RecordOutcome};
+use super::settings::{Failpoint, RelaySettings};
+use crate::db::{self, chain, ConnectError};
+use crate::kafka::KafkaSetupError;
+use crate::outbox::{self, SchemaError, NOTIFY_CHANNEL};
+use crate::retry::Health;
+
+/// Why the relay stopped (it only stops by itself for errors no retry can fix).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Schema(SchemaError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("creating the Kafka producer failed")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("building the PostgreSQL pool failed: {0}")]
+    Pool(String),
+}
+
+/// A batch that could not be completed; its transaction rolled back.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("postgres: {0}")]
+    Postgres(String),
+    #[error("kafka: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+}
+
+impl From<tokio_postgres::Error> for BatchError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        BatchError::Postgres(chain(&e))
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default)]
+struct Batch {
+    claimed: usize,
+    buried: usize,
+    max_id: i64,
+}
+
+/// Runs the relay until `shutdown` is cancelled. Start-up checks (schema, topic) fail fast
+/// with a message saying what to do; after start-up every failure is retried.
+pub async fn run(settings: RelaySettings, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let pool = pool(&settings)?;
+    let Some(source) = startup(&settings, &pool, &shutdown).await? else {
+        return Ok(()); // cancelled while waiting for the services
+    };
+    let mut producer = publish::create_producer(&settings.kafka, settings.delivery_timeout)
+        .map_err(RelayError::Producer)?;
+
+    let wake = Arc::new(Notify::new());
+    if settings.listen {
+        tokio::spawn(listen(settings.clone(), wake.clone(), shutdown.clone()));
+    }
+    tracing::info!(
+        topic = settings.topic,
+        batch_size = settings.batch_size,
+        poll_interval_ms = settings.poll_interval.as_millis() as u64,
+        source,
+        "relay started"
+    );
+
+    let mut cursor = Cursor::new(settings.sweep_interval);
+    let mut pg = Health::new("postgres", settings.max_backoff);
+    let mut kafka = Health::new("kafka", settings.max_backoff);
+    while !shutdown.is_cancelled() {
+        let from = cursor.next_from(Instant::now());
+        let delay = match relay_batch(&settings, &pool, &producer, &source, from).await {
+            Ok(batch) => {
+                pg.ok();
+                kafka.ok();
+                if batch.claimed > 0 {
+                    cursor.claimed(Instant::now(), batch.max_id);
+                    tracing::debug!(
+                        rows = batch.claimed,
+                        buried = batch.buried,
+                        "batch committed"
+                    );
+                }
+                if batch.claimed as i64 >= settings.batch_size {
+                    continue; // a full batch: there is probably more, poll again at once
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(settings.poll_interval) => {}
+                }
+                continue;
+            }
+            Err(BatchError::Postgres(e)) => pg.failed(&e, false),
+            Err(BatchError::Kafka(e)) => {
+                if let Some(fatal) = publish::is_fatal(&producer) {
+                    tracing::warn!(
+                        error = fatal,
+                        "kafka producer hit a fatal error, recreating it"
+                    );
+                    producer = publish::create_producer(&settings.kafka, settings.delivery_timeout)
+                        .map_err(RelayError::Producer)?;
+                }
+                kafka.failed(&chain(&e), false)
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    // Nothing is in flight between batches; flush anyway so librdkafka's queue is empty.
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    if let Ok(Err(e)) = flushed {
+        tracing::warn!(error = %e, "flushing the producer at shutdown failed");
+    }
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+fn pool(settings: &RelaySettings) -> Result<Pool, RelayError> {
+    let config = db::parse_config(&settings.database_url)?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(2)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| RelayError::Pool(e.to_string()))
+}
+
+/// Waits for PostgreSQL and Kafka, checks the schema and the topic. Returns the event
+/// `source`, or None when cancelled first.
+async fn startup(
+    settings: &RelaySettings,
+    pool: &Pool,
+    shutdown: &CancellationToken,
+) -> Result<Option<String>, RelayError> {
+    let mut pg = Health::new("postgres", settings.max_backoff);
+    let source = loop {
+        let attempt = async {
+            let client = db::connect(&settings.database_url).await?;
+            outbox::check_schema(&client)
+                .await
+                .map_err(StartupError::Schema)?;
+            let name = outbox::database_name(&client)
+                .await
+                .map_err(|e| StartupError::Schema(e.into()))?;
+            Ok::<_, StartupError>(name)
+        };
+        match attempt.await {
+            Ok(name) => break settings.source.clone().unwrap_or(name),
+            Err(StartupError::Connect(e)) if e.is_transient() => {
+                let delay = pg.failed(&chain(&e), false);
+                if sleep_or_cancel(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(StartupError::Connect(e)) => return Err(e.into()),
+            Err(StartupError::Schema(e)) => return Err(RelayError::Schema(e)),
+        }
+    };
+    pg.ok();
+    drop(pool.get().await.ok()); // warm the pool; errors surface in the loop
+
+    let mut kafka = Health::new("kafka", settings.max_backoff);
+    loop {
+        match settings
+            .kafka
+            .ensure_topics(
+                std::slice::from_ref(&settings.topic),
+                settings.create_topics,
+            )
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                let delay = kafka.failed(&chain(&e), false);
+                if sleep_or_cancel(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    kafka.ok();
+    Ok(Some(source))
+}
+
+enum StartupError {
+    Connect(ConnectError),
+    Schema(SchemaError),
+}
+
+impl From<ConnectError> for StartupError {
+    fn from(e: ConnectError) -> Self {
+        StartupError::Connect(e)
+    }
+}
+
+/// Sleeps `delay`; true if shutdown came first.
+async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// One batch, in one transaction on one connection. Dropping the transaction before
+/// COMMIT (any `?` below) rolls it back.
+async fn relay_batch(
+    settings: &RelaySettings,
+    pool: &Pool,
+    producer: &FutureProducer,
+    source: &str,
+    from_id: i64,
+) -> Result<Batch, BatchError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| BatchError::Postgres(chain(&e)))?;
+    let tx = client.transaction().await?;
+    let rows = outbox::claim(&tx, settings.batch_size, from_id).await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(Batch::default());
+    }
+    let outcomes = publish::publish_batch(producer, &rows, &settings.topic, source)
+        .await
+        .map_err(BatchError::Kafka)?;
+    let mut buried = 0;
+    for (row, outcome) in rows.iter().zip(&outcomes) {
+        if let RecordOutcome::Rejected(reason) = outcome {
+            tracing::error!(
+                id = row.id,
+                event_id = %row.event_id,
+                error = reason,
+                "the broker can never accept this row; moved to invalidator.outbox_dead"
+            );
+            outbox::bury(&tx, row, reason).await?;
+            buried += 1;
+        }
+    }
+    if settings.failpoint == Some(Failpoint::RelayBeforeCommit) {
+        tracing::warn!("failpoint relay-before-commit: aborting after publish, before COMMIT");
+        std::process::abort();
+    }
+    tx.commit().await?;
+    Ok(Batch {
+        claimed: rows.len(),
+        buried,
+        max_id: rows.last().map_or(0, |r| r.id),
+    })
+}
+
+/// Keeps one LISTEN connection (outside the pool: pooled connections drop notifications
+/// and are `UNLISTEN *`-ed on recycling) and wakes the loop on each notification.
+async fn listen(settings: RelaySettings, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut health = Health::new("postgres listener", settings.max_backoff);
+    while !shutdown.is_cancelled() {
+        let config = match db::parse_config(&settings.database_url) {
+            Ok(c) => c,
+            Err(_) => return, // already validated at start-up
+        };
+        let (client, mut connection) = match config.connect(NoTls).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                let delay = health.failed(&chain(&e), false);
+                if sleep_or_cancel(delay, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<()>();
+        let driver_wake = wake.clone();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => driver_wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "listener connection failed");
+                        break;
+                    }
+                }
+            }
+            let _ = closed_tx.send(());
+        });
+        if let Err(e) = client
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .await
+        {
+            let delay = health.failed(&chain(&e), false);
+            if sleep_or_cancel(delay, &shutdown).await {
+                return;
+            }
+            continue;
+        }
+        health.ok();
+        wake.notify_one(); // anything inserted while we were not listening
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = &mut closed_rx => {}
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The relay daemon (DESIGN §2): claims outbox rows, publishes them to Kafka, deletes them,
+//! one transaction per batch.
+
+mod cursor;
+mod daemon;
+mod publish;
+mod settings;
+
+pub use cursor::{Cursor, HINT_LAG};
+pub use daemon::{run, RelayError};
+pub use publish::{classify, DeliveryClass};
+pub use settings::{Failpoint, RelaySettings};

@@ -1,0 +1,674 @@
+//! The relay against real PostgreSQL and a real Kafka-protocol broker (tansu), with
+//! librdkafka's mock cluster where a broker fault must be injected.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::kafka::{self as k, Record};
+use common::*;
+use invalidator::kafka::KafkaSettings;
+use invalidator::relay::{self, RelaySettings};
+use invalidator::{migrate, wire};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn migrated_db() -> TestDb {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    migrate::run(&mut c, &migrate::Options::default())
+        .await
+        .expect("migrate");
+    db
+}
+
+fn settings(db: &TestDb, brokers: &str, topic: &str) -> RelaySettings {
+    RelaySettings {
+        database_url: db.redacted(),
+        kafka: KafkaSettings {
+            brokers: brokers.to_string(),
+            options: vec![],
+        },
+        topic: topic.to_string(),
+        batch_size: 1000,
+        poll_interval: Duration::from_millis(10),
+        sweep_interval: Duration::from_secs(1),
+        delivery_timeout: Duration::from_secs(5),
+        source: None,
+        create_topics: None,
+        listen: true,
+        max_backoff: Duration::from_millis(500),
+        failpoint: None,
+    }
+}
+
+struct Running {
+    token: CancellationToken,
+    handle: JoinHandle<Result<(), relay::RelayError>>,
+}
+
+fn start(settings: RelaySettings) -> Running {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(relay::run(settings, token.clone()));
+    Running { token, handle }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.token.cancel();
+        self.handle
+            .await
+            .expect("relay task")
+            .expect("relay returned an error");
+    }
+}
+
+/// Inserts `n` delete events for keys `prefix:1..n` in one transaction; returns their ids.
+async fn insert(c: &tokio_postgres::Client, prefix: &str, n: i64) -> Vec<Uuid> {
+    c.query(
+        "SELECT invalidator.invalidate(ARRAY[$1 || ':' || i]) FROM generate_series(1, $2::bigint) i",
+        &[&prefix, &n],
+    )
+    .await
+    .expect("inserting outbox rows")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM invalidator.outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn event_ids(records: &[Record]) -> Vec<Uuid> {
+    records
+        .iter()
+        .map(|r| wire::decode(&r.value).expect("a valid event").event_id)
+        .collect()
+}
+
+/// (lost, duplicates) of `published` against `written`.
+fn account(written: &[Uuid], published: &[Uuid]) -> (usize, usize) {
+    let seen: HashSet<&Uuid> = published.iter().collect();
+    let lost = written.iter().filter(|id| !seen.contains(id)).count();
+    (lost, published.len() - seen.len())
+}
+
+#[tokio::test]
+/// N rows become exactly N records with key = partition_key, the event JSON as value and
+/// the headers of DESIGN §4 (row headers carried over); the outbox is empty afterwards.
+async fn rows_become_records_and_outbox_empties() {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let topic = unique("relay");
+    let other = unique("relay_other");
+    k::create_topic(&k::brokers(), &topic, 3).await;
+    k::create_topic(&k::brokers(), &other, 1).await;
+
+    let mut written = insert(&c, "product", 300).await;
+    let traced: Uuid = c
+        .query_one(
+            "SELECT invalidator.invalidate(ARRAY['catalog:version', 'catalog:x'], op => 'bump', \
+             partition_key => 'catalog', headers => '{\"traceparent\": \"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\"}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    written.push(traced);
+    let routed: Uuid = c
+        .query_one(
+            "SELECT invalidator.invalidate(ARRAY['elsewhere:1'], topic => $1)",
+            &[&other],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let relay = start(settings(&db, &k::brokers(), &topic));
+    let cc = &c;
+    eventually(WAIT, "the outbox empties", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    relay.stop().await;
+
+    let records = k::read(&k::brokers(), &topic, written.len(), WAIT).await;
+    assert_eq!(records.len(), written.len(), "exactly one record per row");
+    let (lost, dups) = account(&written, &event_ids(&records));
+    assert_eq!((lost, dups), (0, 0));
+    for r in &records {
+        let e = wire::decode(&r.value).unwrap();
+        assert_eq!(
+            r.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+        assert_eq!(
+            r.headers.get("invalidator-event-id"),
+            Some(&e.event_id.to_string())
+        );
+        assert_eq!(
+            e.source.as_deref(),
+            Some(db.name.as_str()),
+            "source defaults to the database name"
+        );
+        if e.event_id == traced {
+            assert_eq!(r.key, "catalog");
+            assert_eq!(e.op, wire::Op::Bump);
+            assert_eq!(e.keys, vec!["catalog:version", "catalog:x"]);
+            assert_eq!(
+                r.headers.get("traceparent").map(String::as_str),
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            );
+        } else {
+            assert_eq!(e.op, wire::Op::Delete);
+            assert_eq!(e.keys.len(), 1);
+            assert_eq!(r.key, e.keys[0], "partition_key defaults to the first key");
+        }
+    }
+    let elsewhere = k::read(&k::brokers(), &other, 1, WAIT).await;
+    assert_eq!(
+        event_ids(&elsewhere),
+        vec![routed],
+        "a row's own topic wins over --topic"
+    );
+}
+
+#[tokio::test]
+/// While the broker is down nothing is deleted (each attempt rolls back); when it returns,
+/// every row is published without restarting the relay.
+async fn broker_down_keeps_rows_then_publishes_them() {
+    use rdkafka::mocking::MockCluster;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique("relay_down");
+    mock.create_topic(&topic, 1, 1).expect("mock topic");
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let mut s = settings(&db, &mock.bootstrap_servers(), &topic);
+    s.delivery_timeout = Duration::from_secs(1);
+    let relay = start(s);
+
+    // The relay is up and idle (its first empty poll is done) before the broker goes away.
+    let cc = &c;
+    let app = db.name.clone();
+    let app = &app;
+    eventually(WAIT, "relay connected", || async move {
+        cc.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'invalidator'",
+            &[app],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            >= 1
+    })
+    .await;
+    mock.broker_down(1).expect("broker down");
+    let written = insert(&c, "down", 50).await;
+
+    // A claim takes the rows (they are locked by an open transaction)…
+    let locked = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'";
+    eventually(WAIT, "a claim holds the rows", || async move {
+        cc.query_one(locked, &[app]).await.unwrap().get::<_, i64>(0) >= 1
+    })
+    .await;
+    // …and, when the deliveries time out, rolls back: the rows are all still there.
+    eventually(WAIT, "the claim rolls back", || async move {
+        cc.query_one(locked, &[app]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    assert_eq!(
+        outbox_len(&c).await,
+        50,
+        "nothing may be deleted while the broker is down"
+    );
+
+    mock.broker_up(1).expect("broker up");
+    eventually(
+        WAIT,
+        "the outbox empties once the broker is back",
+        || async move { outbox_len(cc).await == 0 },
+    )
+    .await;
+    relay.stop().await;
+    let records = k::read(&mock.bootstrap_servers(), &topic, 50, WAIT).await;
+    let (lost, _dups) = account(&written, &event_ids(&records));
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
+/// A relay killed after the broker acknowledged and before COMMIT leaves every row in the
+/// outbox; the next relay publishes them again (duplicates allowed, loss not).
+async fn killed_before_commit_rows_survive_and_republish() {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let topic = unique("relay_kill");
+    k::create_topic(&k::brokers(), &topic, 1).await;
+    let written = insert(&c, "kill", 20).await;
+
+    let out = tokio::process::Command::new(bin())
+        .args(["relay", "--topic", &topic, "--no-listen"])
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", k::brokers())
+        .env("INVALIDATOR_FAILPOINT", "relay-before-commit")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "the failpoint aborts the process");
+    assert!(
+        text(&out.stderr).contains("failpoint relay-before-commit"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        outbox_len(&c).await,
+        20,
+        "an uncommitted batch must give its rows back"
+    );
+    let first = k::read(&k::brokers(), &topic, 20, WAIT).await;
+    assert_eq!(
+        account(&written, &event_ids(&first)).0,
+        0,
+        "the aborted relay had published them"
+    );
+
+    let relay = start(settings(&db, &k::brokers(), &topic));
+    let cc = &c;
+    eventually(WAIT, "the outbox empties", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    relay.stop().await;
+    let all = k::read(&k::brokers(), &topic, 40, WAIT).await;
+    let (lost, dups) = account(&written, &event_ids(&all));
+    assert_eq!(lost, 0);
+    assert_eq!(
+        dups, 20,
+        "each row published twice: once by the killed relay, once after"
+    );
+}
+
+#[tokio::test]
+/// Transaction A inserts first and commits last, B inserts second and commits first: A's
+/// row is still published, whether A commits at once or long after the relay moved past.
+async fn late_committing_transaction_is_published() {
+    let db = migrated_db().await;
+    let topic = unique("relay_late");
+    k::create_topic(&k::brokers(), &topic, 1).await;
+    let mut a = db.client().await;
+    let mut b = db.client().await;
+    let c = db.client().await;
+    let mut s = settings(&db, &k::brokers(), &topic);
+    s.sweep_interval = Duration::from_secs(3);
+    let relay = start(s);
+
+    for (round, hold) in [(1, Duration::ZERO), (2, relay::HINT_LAG * 2)] {
+        let ta = a.transaction().await.unwrap();
+        let a_id: Uuid = ta
+            .query_one("SELECT invalidator.invalidate(ARRAY['a'])", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let tb = b.transaction().await.unwrap();
+        let b_id: Uuid = tb
+            .query_one("SELECT invalidator.invalidate(ARRAY['b'])", &[])
+            .await
+            .unwrap()
+            .get(0);
+        tb.commit().await.unwrap();
+        let cc = &c;
+        eventually(WAIT, "B is published", || async move {
+            outbox_len(cc).await == 1
+        })
+        .await;
+        // Keep A open while the relay keeps claiming rows with higher ids.
+        let filler = insert(&c, "filler", 5).await;
+        eventually(WAIT, "the filler is published", || async move {
+            outbox_len(cc).await == 1
+        })
+        .await;
+        tokio::time::sleep(hold).await;
+        ta.commit().await.unwrap();
+        eventually(WAIT, "A is published", || async move {
+            outbox_len(cc).await == 0
+        })
+        .await;
+        let records = k::read(&k::brokers(), &topic, 7 * round, WAIT).await;
+        let ids = event_ids(&records);
+        assert!(
+            ids.contains(&a_id) && ids.contains(&b_id),
+            "round {round}: A and B both published"
+        );
+        assert_eq!(account(&filler, &ids).0, 0);
+    }
+    relay.stop().await;
+}
+
+/// Runs `relays` relays over `rows` rows; returns (lost, duplicates, per-relay batches).
+async fn share_the_work(relays: usize, rows: i64) -> (usize, usize) {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let topic = unique("relay_share");
+    let brokers = k::fast_brokers();
+    k::create_topic(&brokers, &topic, 4).await;
+    let written = insert(&c, "share", rows).await;
+    let running: Vec<Running> = (0..relays)
+        .map(|_| {
+            let mut s = settings(&db, &brokers, &topic);
+            s.batch_size = 500;
+            start(s)
+        })
+        .collect();
+    let cc = &c;
+    eventually(
+        Duration::from_secs(300),
+        "the outbox empties",
+        || async move { outbox_len(cc).await == 0 },
+    )
+    .await;
+    for r in running {
+        r.stop().await;
+    }
+    let records = k::read(&brokers, &topic, rows as usize, Duration::from_secs(300)).await;
+    let (lost, dups) = account(&written, &event_ids(&records));
+    println!(
+        "{relays} relays, {rows} rows: published {}, lost {lost}, duplicates {dups}",
+        records.len()
+    );
+    (lost, dups)
+}
+
+#[tokio::test]
+/// Two relays on 50k rows: every row published; SKIP LOCKED keeps them from publishing the
+/// same row in two committed batches, so there are no duplicates without a fault.
+async fn two_relays_share_50k_rows() {
+    assert_eq!(share_the_work(2, 50_000).await, (0, 0));
+}
+
+#[tokio::test]
+/// Four relays on 50k rows: every row published, none twice.
+async fn four_relays_share_50k_rows() {
+    assert_eq!(share_the_work(4, 50_000).await, (0, 0));
+}
+
+#[tokio::test]
+/// A row the broker can never accept (larger than message.max.bytes) goes to outbox_dead
+/// with the error; the rows before and after it are published.
+async fn oversize_row_is_buried_and_others_flow() {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let topic = unique("relay_big");
+    k::create_topic(&k::brokers(), &topic, 1).await;
+    let before = insert(&c, "before", 10).await;
+    let big: Uuid = c
+        .query_one(
+            "SELECT invalidator.invalidate((SELECT array_agg(repeat('x', 1000) || i) FROM generate_series(1, 200) i))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let after = insert(&c, "after", 10).await;
+
+    let mut s = settings(&db, &k::brokers(), &topic);
+    s.kafka
+        .options
+        .push(("message.max.bytes".into(), "100000".into()));
+    let relay = start(s);
+    let cc = &c;
+    eventually(WAIT, "the outbox empties", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    relay.stop().await;
+
+    let dead = c
+        .query(
+            "SELECT event_id, error, array_length(keys, 1) FROM invalidator.outbox_dead",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].get::<_, Uuid>(0), big);
+    let error: String = dead[0].get(1);
+    assert!(
+        error.to_lowercase().contains("size") || error.to_lowercase().contains("large"),
+        "error: {error}"
+    );
+    assert_eq!(dead[0].get::<_, i32>(2), 200, "the row is kept whole");
+    let records = k::read(&k::brokers(), &topic, 20, WAIT).await;
+    let ids = event_ids(&records);
+    assert_eq!(account(&before, &ids).0 + account(&after, &ids).0, 0);
+    assert!(!ids.contains(&big));
+}
+
+#[tokio::test]
+/// SIGTERM while rows are flowing: the relay exits 0 by itself within its grace period, and
+/// a later relay publishes whatever was left: no row lost.
+async fn sigterm_under_load_exits_zero_without_loss() {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let topic = unique("relay_term");
+    k::create_topic(&k::brokers(), &topic, 2).await;
+    let mut written = insert(&c, "term", 5000).await;
+
+    let child = tokio::process::Command::new(bin())
+        .args([
+            "relay",
+            "--topic",
+            &topic,
+            "--batch-size",
+            "200",
+            "--shutdown-timeout",
+            "20s",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", k::brokers())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Keep writing while it runs; signal once it has visibly made progress.
+    let cc = &c;
+    eventually(WAIT, "the relay makes progress", || async move {
+        outbox_len(cc).await < 5000
+    })
+    .await;
+    written.extend(insert(&c, "term2", 2000).await);
+    let pid = child.id().expect("running") as i32;
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "exit status {:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("relay stopped"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let relay = start(settings(&db, &k::brokers(), &topic));
+    eventually(WAIT, "the rest is published", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    relay.stop().await;
+    let records = k::read(&k::brokers(), &topic, written.len(), WAIT).await;
+    let (lost, dups) = account(&written, &event_ids(&records));
+    println!(
+        "sigterm: written {}, lost {lost}, duplicates {dups}",
+        written.len()
+    );
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
+/// With the notify trigger enabled, a LISTENing relay publishes a new row long before its
+/// (here: one minute) poll interval would have.
+async fn notify_wakes_the_relay() {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    c.batch_execute("SELECT invalidator.enable_notify()")
+        .await
+        .unwrap();
+    let topic = unique("relay_notify");
+    k::create_topic(&k::brokers(), &topic, 1).await;
+    let mut s = settings(&db, &k::brokers(), &topic);
+    s.poll_interval = Duration::from_secs(60);
+    s.sweep_interval = Duration::from_secs(600);
+    let relay = start(s);
+    let cc = &c;
+    let app = db.name.clone();
+    let app = &app;
+    // Wait for the LISTEN connection, so the notification has a listener.
+    eventually(WAIT, "the relay listens", || async move {
+        cc.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+            &[app],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            >= 1
+    })
+    .await;
+    insert(&c, "wake", 1).await;
+    eventually(
+        Duration::from_secs(20),
+        "the row is published on notification",
+        || async move { outbox_len(cc).await == 0 },
+    )
+    .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+/// Its PostgreSQL connections reset under it (as in a server restart), the relay reconnects
+/// and keeps publishing without a restart.
+async fn postgres_connection_reset_recovers() {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let topic = unique("relay_pgreset");
+    k::create_topic(&k::brokers(), &topic, 1).await;
+    let relay = start(settings(&db, &k::brokers(), &topic));
+    let mut written = insert(&c, "r1", 10).await;
+    let cc = &c;
+    eventually(WAIT, "first rows published", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    let app = db.name.clone();
+    let killed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = $1 AND application_name = 'invalidator') t",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the relay's connections were terminated");
+    written.extend(insert(&c, "r2", 10).await);
+    eventually(WAIT, "rows after the reset are published", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    relay.stop().await;
+    let records = k::read(&k::brokers(), &topic, 20, WAIT).await;
+    assert_eq!(account(&written, &event_ids(&records)).0, 0);
+}
+
+#[tokio::test]
+/// Start-up errors name the problem: a missing topic, a database without the schema, a
+/// -X option that collides with a flag.
+async fn startup_errors_name_the_problem() {
+    let db = migrated_db().await;
+    let missing = unique("relay_missing");
+    let out = run_bin(
+        &["relay", "--topic", &missing],
+        &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &k::brokers())],
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("topic \"{missing}\" does not exist"))
+            && err.contains("--create-topics"),
+        "{err}"
+    );
+
+    let bare = TestDb::new().await;
+    let out = run_bin(
+        &["relay"],
+        &[
+            ("DATABASE_URL", &bare.url),
+            ("KAFKA_BROKERS", &k::brokers()),
+        ],
+    )
+    .await;
+    assert!(
+        text(&out.stderr).contains("run `invalidator migrate` first"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run_bin(
+        &["relay", "-X", "message.timeout.ms=5"],
+        &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &k::brokers())],
+    )
+    .await;
+    assert!(
+        text(&out.stderr).contains("-X message.timeout.ms is set by --delivery-timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // --create-topics creates it instead.
+    let created = unique("relay_created");
+    let mut child = tokio::process::Command::new(bin())
+        .args([
+            "relay",
+            "--topic",
+            &created,
+            "--create-topics",
+            "--partitions",
+            "2",
+            "--replication-factor",
+            "1",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", k::brokers())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let settings = k::settings(&k::brokers());
+    let created = &created;
+    let settings = &settings;
+    eventually(WAIT, "the topic is created", || async move {
+        settings
+            .missing_topics(std::slice::from_ref(created))
+            .await
+            .map(|m| m.is_empty())
+            .unwrap_or(false)
+    })
+    .await;
+    child.kill().await.ok();
+}
