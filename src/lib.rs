@@ -10,13 +10,19 @@
 //! Map of the crate (data flows one way, top to bottom):
 //! - [`migrate`] and `migrations/`: schema `invalidator`, `invalidator.invalidate()`.
 //! - [`db`]: PostgreSQL connections and the errors users hit making them.
+//! - [`consumer`]: `invalidator consume`, Kafka → Redis with a dead-letter topic; [`cache`]:
+//!   every Redis command and Lua script (apply, guard naming, guarded fill); [`keys`]: the
+//!   key policy.
 //! - [`cli`]: the command line; [`telemetry`]: logging; [`redact`]: secret-free URLs.
 //!
 //! The contract the code follows is `docs/DESIGN.md`.
 
+pub mod cache;
 pub mod cli;
+pub mod consumer;
 pub mod db;
 pub mod kafka;
+pub mod keys;
 pub mod migrate;
 pub mod redact;
 pub mod shutdown;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use invalidator::cli::{Cli, Command, MigrateArgs};
+use invalidator::cli::{Cli, Command, ConsumeArgs, MigrateArgs};
 use invalidator::{db, migrate, telemetry};
 
 fn main() -> ExitCode {
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(args) => run_migrate(args).await,
+        Command::Consume(args) => run_consume(args).await,
     }
 }
 
@@ -86,5 +87,21 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
         }
         println!("the database is at version {}", outcome.version);
     }
+    Ok(())
+}
+
+async fn run_consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let grace = args.shutdown_timeout;
+    let settings = invalidator::consumer::ConsumerSettings::try_from(args)
+        .context("invalid consumer configuration")?;
+    let shutdown = invalidator::shutdown::on_signals();
+    let health = invalidator::consumer::Health::new();
+    invalidator::shutdown::run_with_grace(
+        "the consumer",
+        shutdown.clone(),
+        grace,
+        invalidator::consumer::run(settings, health, shutdown),
+    )
+    .await??;
     Ok(())
 }
