@@ -26,7 +26,11 @@ async fn applies_delete_and_bump() {
     let (topic, group, px) = (unique("t"), unique("g"), unique("k"));
     create_topics(&b, &topic, 2).await;
     let mut c = redis(&r).await;
-    let (k1, k2, ver) = (format!("{px}:a"), format!("{{{px}}}:b"), format!("{px}:ver"));
+    let (k1, k2, ver) = (
+        format!("{px}:a"),
+        format!("{{{px}}}:b"),
+        format!("{px}:ver"),
+    );
     let _: () = c.set(&k1, "old").await.unwrap();
     let _: () = c.set(&k2, "old").await.unwrap();
     let _: () = c.set(&ver, "41").await.unwrap();
@@ -44,8 +48,12 @@ async fn applies_delete_and_bump() {
     assert_eq!(get(&mut c, &k1).await, None);
     assert_eq!(get(&mut c, &k2).await, None);
     assert_eq!(get(&mut c, &ver).await.as_deref(), Some("42"));
-    assert!(get(&mut c, &format!("invalidator:guard:{{{k1}}}")).await.is_some());
-    assert!(get(&mut c, &format!("invalidator:guard:{k2}")).await.is_some());
+    assert!(get(&mut c, &format!("invalidator:guard:{{{k1}}}"))
+        .await
+        .is_some());
+    assert!(get(&mut c, &format!("invalidator:guard:{k2}"))
+        .await
+        .is_some());
     let ttl: i64 = c.pttl(format!("invalidator:guard:{{{k1}}}")).await.unwrap();
     assert!(ttl > 0, "the guard has a TTL");
     running.stop().await.expect("clean stop");
@@ -75,7 +83,11 @@ async fn redelivery_is_a_no_op() {
         async move { h.stats.events_applied.load(Relaxed) >= 10 }
     })
     .await;
-    assert_eq!(get(&mut c, &ver).await.as_deref(), Some("101"), "bumped once, not five times");
+    assert_eq!(
+        get(&mut c, &ver).await.as_deref(),
+        Some("101"),
+        "bumped once, not five times"
+    );
     assert_eq!(running.health.stats.duplicates.load(Relaxed), 4);
     assert_eq!(get(&mut c, &key).await, None);
     running.stop().await.expect("clean stop");
@@ -106,15 +118,30 @@ async fn poison_records_are_dead_lettered() {
     };
     let huge_key = format!("{px}:{}", "x".repeat(2_000_000));
     let mut bad_utf8 = valid_json(r#"["PLACEHOLDER"]"#);
-    let at = bad_utf8.windows(11).position(|w| w == b"PLACEHOLDER").unwrap();
+    let at = bad_utf8
+        .windows(11)
+        .position(|w| w == b"PLACEHOLDER")
+        .unwrap();
     bad_utf8.splice(at..at + 11, [b'a', 0xff, 0xfe, b'b']);
     let poison: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
         ("not json", Some(b"not json at all".to_vec()), "decode"),
         ("wrong types", Some(valid_json("[1,2]")), "decode"),
-        ("unknown v", Some(br#"{"v":7,"event_id":"x","shape":"future"}"#.to_vec()), "unsupported-version"),
+        (
+            "unknown v",
+            Some(br#"{"v":7,"event_id":"x","shape":"future"}"#.to_vec()),
+            "unsupported-version",
+        ),
         ("no keys", Some(valid_json("[]")), "decode"),
-        ("forbidden prefix", Some(valid_json(r#"["forbidden:1"]"#)), "rejected-key"),
-        ("2 MB value", Some(valid_json(&format!(r#"["{huge_key}"]"#))), "rejected-key"),
+        (
+            "forbidden prefix",
+            Some(valid_json(r#"["forbidden:1"]"#)),
+            "rejected-key",
+        ),
+        (
+            "2 MB value",
+            Some(valid_json(&format!(r#"["{huge_key}"]"#))),
+            "rejected-key",
+        ),
         ("invalid utf-8", Some(bad_utf8), "decode"),
         ("no value", None, "decode"),
         (
@@ -155,17 +182,40 @@ async fn poison_records_are_dead_lettered() {
     let records = read_all(&b, &dlq).await;
     assert_eq!(records.len(), expected.len());
     for (m, (off, reason, name)) in records.iter().zip(&expected) {
-        assert_eq!(header(m, headers::DLQ_REASON).as_deref(), Some(*reason), "{name}");
-        assert_eq!(header(m, headers::DLQ_SOURCE), Some(format!("{topic}/0/{off}")), "{name}");
-        assert_eq!(header(m, "traceparent").as_deref(), Some(*name), "original headers kept");
+        assert_eq!(
+            header(m, headers::DLQ_REASON).as_deref(),
+            Some(*reason),
+            "{name}"
+        );
+        assert_eq!(
+            header(m, headers::DLQ_SOURCE),
+            Some(format!("{topic}/0/{off}")),
+            "{name}"
+        );
+        assert_eq!(
+            header(m, "traceparent").as_deref(),
+            Some(*name),
+            "original headers kept"
+        );
         assert_eq!(m.key(), Some(name.as_bytes()), "original key kept");
-        assert!(header(m, headers::DLQ_ERROR).is_some_and(|e| !e.is_empty()), "{name}");
+        assert!(
+            header(m, headers::DLQ_ERROR).is_some_and(|e| !e.is_empty()),
+            "{name}"
+        );
         assert!(header(m, headers::DLQ_FAILED_AT).is_some(), "{name}");
         assert!(header(m, headers::DLQ_ATTEMPTS).is_some(), "{name}");
     }
     let original = &poison[5].1.as_ref().unwrap();
-    assert_eq!(records[5].payload().map(<[u8]>::len), Some(original.len()), "the 2 MB value is kept whole");
-    assert_eq!(header(&records[9], headers::DLQ_ATTEMPTS).as_deref(), Some("3"), "1 try + 2 retries");
+    assert_eq!(
+        records[5].payload().map(<[u8]>::len),
+        Some(original.len()),
+        "the 2 MB value is kept whole"
+    );
+    assert_eq!(
+        header(&records[9], headers::DLQ_ATTEMPTS).as_deref(),
+        Some("3"),
+        "1 try + 2 retries"
+    );
 
     // Still running: a later record is applied.
     let later = format!("{px}:later");
@@ -199,7 +249,12 @@ async fn crash_before_commit_redelivers() {
     // The binary, with auto-commit pushed out of reach: only a clean stop would commit.
     let mut child = tokio::process::Command::new(common::bin())
         .args(["consume", "--topic", &topic, "--group", &group])
-        .args(["-X", "fetch.wait.max.ms=5", "-X", "auto.commit.interval.ms=3600000"])
+        .args([
+            "-X",
+            "fetch.wait.max.ms=5",
+            "-X",
+            "auto.commit.interval.ms=3600000",
+        ])
         .env("KAFKA_BROKERS", &b)
         .env("REDIS_URL", &r)
         .env_remove("INVALIDATOR_KAFKA_OPTIONS")
@@ -218,7 +273,11 @@ async fn crash_before_commit_redelivers() {
     child.start_kill().expect("SIGKILL");
     let status = child.wait().await.expect("wait");
     assert!(!status.success());
-    assert_eq!(committed(&b, &group, &topic, 1).await.get(&0), None, "nothing committed");
+    assert_eq!(
+        committed(&b, &group, &topic, 1).await.get(&0),
+        None,
+        "nothing committed"
+    );
 
     let _: () = c.set(&key, "refilled after the crash").await.unwrap();
     let running = start(settings(&b, &r, &topic, &group));
@@ -227,8 +286,16 @@ async fn crash_before_commit_redelivers() {
         async move { h.stats.events_applied.load(Relaxed) >= 2 }
     })
     .await;
-    assert_eq!(running.health.stats.duplicates.load(Relaxed), 1, "the bump was seen before");
-    assert_eq!(get(&mut c, &ver).await.as_deref(), Some("8"), "bumped once overall");
+    assert_eq!(
+        running.health.stats.duplicates.load(Relaxed),
+        1,
+        "the bump was seen before"
+    );
+    assert_eq!(
+        get(&mut c, &ver).await.as_deref(),
+        Some("8"),
+        "bumped once overall"
+    );
     assert_eq!(get(&mut c, &key).await, None);
     running.stop().await.expect("clean stop");
     assert_eq!(committed(&b, &group, &topic, 1).await.get(&0), Some(&2));
@@ -247,7 +314,12 @@ async fn sigterm_commits_and_exits_zero() {
     produce_event(&p, &topic, &event(Op::Delete, &[&key])).await;
     let child = tokio::process::Command::new(common::bin())
         .args(["consume", "--topic", &topic, "--group", &group])
-        .args(["-X", "fetch.wait.max.ms=5", "-X", "auto.commit.interval.ms=3600000"])
+        .args([
+            "-X",
+            "fetch.wait.max.ms=5",
+            "-X",
+            "auto.commit.interval.ms=3600000",
+        ])
         .env("KAFKA_BROKERS", &b)
         .env("REDIS_URL", &r)
         .stderr(std::process::Stdio::piped())
@@ -268,6 +340,10 @@ async fn sigterm_commits_and_exits_zero() {
         .await
         .expect("exits within 60s")
         .expect("wait");
-    assert!(out.status.success(), "exit 0; stderr: {}", common::text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit 0; stderr: {}",
+        common::text(&out.stderr)
+    );
     assert_eq!(committed(&b, &group, &topic, 1).await.get(&0), Some(&1));
 }

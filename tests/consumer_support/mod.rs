@@ -93,6 +93,11 @@ impl Running {
 }
 
 pub fn start(settings: ConsumerSettings) -> Running {
+    // RUST_LOG=invalidator=debug shows the consumer's log in a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let health = Health::new();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(invalidator::consumer::run(
@@ -159,7 +164,10 @@ pub async fn produce_event(p: &FutureProducer, topic: &str, e: &Event) -> (i32, 
         topic,
         &e.keys[0],
         Some(&e.encode()),
-        &[("content-type", "application/json"), ("invalidator-event-id", &id)],
+        &[
+            ("content-type", "application/json"),
+            ("invalidator-event-id", &id),
+        ],
     )
     .await
 }
@@ -236,7 +244,12 @@ pub async fn read_all(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
 }
 
 /// The group's committed offsets on `topic`, by partition (absent: nothing committed).
-pub async fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+pub async fn committed(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> HashMap<i32, i64> {
     let (brokers, group, topic) = (brokers.to_string(), group.to_string(), topic.to_string());
     blocking(move || {
         let c: BaseConsumer = ClientConfig::new()
@@ -340,7 +353,11 @@ impl RedisServer {
             if ok {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "redis-server on {} did not start", self.port);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
