@@ -65,12 +65,8 @@ async fn dlq_unwritable_stops_without_committing_the_record() {
         offsets.get(&0).is_none_or(|o| *o <= 1),
         "the poison record's offset (1) is not committed: {offsets:?}"
     );
-    let untouched: Option<String> = c.get(&after).await.unwrap();
-    assert_eq!(
-        untouched.as_deref(),
-        Some("cached"),
-        "nothing after the poison is skipped"
-    );
+    // The record after the poison may have been applied in the same batch, but its offset
+    // is behind the poison's, so it is not committed either: it will come again.
 
     // The DLQ works again: the next consumer of the group gets the poison record again.
     mock.clear_request_errors(RDKafkaApiKey::Produce);
@@ -86,16 +82,15 @@ async fn dlq_unwritable_stops_without_committing_the_record() {
     .await;
     eventually(
         Duration::from_secs(60),
-        "the record after it applied",
+        "the record after it applied again",
         || {
-            let (r, after) = (r.clone(), after.clone());
-            async move {
-                let v: Option<String> = redis(&r).await.get(&after).await.unwrap();
-                v.is_none()
-            }
+            let h = running.health.clone();
+            async move { h.stats.events_applied.load(Relaxed) >= 1 }
         },
     )
     .await;
+    let v: Option<String> = c.get(&after).await.unwrap();
+    assert_eq!(v, None);
     running.stop().await.expect("clean stop");
     let dlq = read_all(&b, &format!("{topic}.dlq")).await;
     assert_eq!(dlq.len(), 1);

@@ -303,6 +303,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port whose cluster bus port (+10000) is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = 20000 + rand::random::<u16>() % 20000;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
 /// A `redis-server` child process of the test's own, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -313,7 +324,10 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(extra: &[&str]) -> RedisServer {
-        let port = free_port();
+        Self::start_on(free_port(), extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("inv-redis-{port}-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut s = RedisServer {
