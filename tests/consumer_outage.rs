@@ -19,6 +19,18 @@ async fn exists(url: &str, k: &str) -> bool {
     c.exists(k).await.expect("EXISTS")
 }
 
+/// One plain HTTP/1.1 GET; the whole response as text.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// Records produced while Redis is down are applied once it is back; DLQ stays empty.
 async fn redis_outage_waits_and_applies_everything() {
@@ -30,7 +42,10 @@ async fn redis_outage_waits_and_applies_everything() {
     let p = producer(&b);
     let key = |i: usize| format!("{px}:v{i}");
 
-    let running = start(settings(&b, &url, &topic, &group));
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut s = settings(&b, &url, &topic, &group);
+    s.metrics_addr = Some(metrics);
+    let running = start(s);
     for i in 0..20 {
         produce_event(&p, &topic, &event(Op::Bump, &[&key(i)])).await;
     }
@@ -58,6 +73,12 @@ async fn redis_outage_waits_and_applies_everything() {
         !running.health.is_ready(),
         "still degraded while Redis is down"
     );
+    assert!(http_get(metrics, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 503"));
+    assert!(http_get(metrics, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200"));
     assert!(
         !running.handle.is_finished(),
         "the consumer waits, it does not exit"
@@ -87,6 +108,14 @@ async fn redis_outage_waits_and_applies_everything() {
         async move { h.is_ready() }
     })
     .await;
+    assert!(http_get(metrics, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let m = http_get(metrics, "/metrics").await;
+    assert!(
+        m.contains("invalidator_consumer_redis_retries_total"),
+        "{m}"
+    );
     running.stop().await.expect("clean stop");
     assert_eq!(
         record_count(&b, &format!("{topic}.dlq")).await,

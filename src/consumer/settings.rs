@@ -135,3 +135,72 @@ impl TryFrom<ConsumeArgs> for ConsumerSettings {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<ConsumerSettings, SettingsError> {
+        let mut argv = vec![
+            "invalidator",
+            "consume",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Consume(a) => ConsumerSettings::try_from(a),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    /// The defaults are DESIGN §6's names: topic, `<topic>.dlq`, group.
+    fn defaults_follow_design() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.topic, "cache-invalidations");
+        assert_eq!(s.dlq_topic, "cache-invalidations.dlq");
+        assert_eq!(s.group, "invalidator");
+        assert!(s.policy.allow_prefixes.is_empty());
+        assert!(s.create_topics.is_none());
+        let s = parse(&[
+            "--topic",
+            "t",
+            "--allow-prefix",
+            "a:",
+            "--allow-prefix",
+            "b:",
+        ])
+        .unwrap();
+        assert_eq!(s.dlq_topic, "t.dlq");
+        assert_eq!(s.policy.allow_prefixes, ["a:", "b:"]);
+    }
+
+    #[test]
+    /// Bad combinations fail at start-up with a message naming the flag.
+    fn bad_settings_are_refused() {
+        let e = parse(&["-X", "group.id=other"]).unwrap_err().to_string();
+        assert!(e.contains("--group"), "{e}");
+        let e = parse(&["-X", "enable.auto.offset.store=true"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("enable.auto.offset.store"), "{e}");
+        assert!(matches!(
+            parse(&["--topic", " "]),
+            Err(SettingsError::EmptyTopic)
+        ));
+        assert!(matches!(
+            parse(&["--guard-ttl", "10ms"]),
+            Err(SettingsError::TtlTooShort)
+        ));
+        let mut argv = vec!["invalidator", "consume", "--redis-url", "http://u:pw@h"];
+        argv.truncate(4);
+        let Command::Consume(a) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let e = ConsumerSettings::try_from(a).unwrap_err().to_string();
+        assert!(e.contains("http://u:***@h") && !e.contains("pw@"), "{e}");
+    }
+}
