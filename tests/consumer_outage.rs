@@ -129,3 +129,38 @@ async fn redis_outage_waits_and_applies_everything() {
         "every offset committed, none skipped: {offsets:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Shutdown while Redis is down abandons the batch: the consumer returns promptly and the
+/// records it could not apply keep their offsets uncommitted, for the next consumer.
+async fn shutdown_during_outage_commits_only_what_was_applied() {
+    let b = brokers();
+    let mut server = RedisServer::start(&[]);
+    let url = server.url();
+    let (topic, group, px) = (unique("t"), unique("g"), unique("k"));
+    create_topics(&b, &topic, 1).await;
+    let p = producer(&b);
+    let running = start(settings(&b, &url, &topic, &group));
+    produce_event(&p, &topic, &event(Op::Bump, &[&format!("{px}:first")])).await;
+    eventually(WAIT, "the first record applied", || {
+        let h = running.health.clone();
+        async move { h.stats.events_applied.load(Relaxed) >= 1 }
+    })
+    .await;
+    server.stop();
+    for i in 0..5 {
+        produce_event(&p, &topic, &event(Op::Bump, &[&format!("{px}:{i}")])).await;
+    }
+    eventually(WAIT, "readiness reports degraded", || {
+        let h = running.health.clone();
+        async move { !h.is_ready() }
+    })
+    .await;
+    running.stop().await.expect("a clean stop, not an error");
+    assert_eq!(
+        committed(&b, &group, &topic, 1).await.get(&0),
+        Some(&1),
+        "only the applied record is committed"
+    );
+    assert_eq!(record_count(&b, &format!("{topic}.dlq")).await, 0);
+}
