@@ -164,3 +164,31 @@ async fn shutdown_during_outage_commits_only_what_was_applied() {
     );
     assert_eq!(record_count(&b, &format!("{topic}.dlq")).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// An idle consumer notices a Redis outage (readiness degraded) and its end, with no records.
+async fn idle_consumer_readiness_follows_redis() {
+    let b = brokers();
+    let mut server = RedisServer::start(&[]);
+    let (topic, group) = (unique("t"), unique("g"));
+    create_topics(&b, &topic, 1).await;
+    let running = start(settings(&b, &server.url(), &topic, &group));
+    eventually(WAIT, "ready", || {
+        let h = running.health.clone();
+        async move { h.is_ready() }
+    })
+    .await;
+    server.stop();
+    eventually(WAIT, "degraded while idle", || {
+        let h = running.health.clone();
+        async move { !h.is_ready() }
+    })
+    .await;
+    server.restart();
+    eventually(WAIT, "ready again", || {
+        let h = running.health.clone();
+        async move { h.is_ready() }
+    })
+    .await;
+    running.stop().await.expect("clean stop");
+}

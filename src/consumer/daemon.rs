@@ -28,6 +28,9 @@ use super::error::{ConsumeError, DlqReason};
 use super::health::{self, Health};
 use super::settings::ConsumerSettings;
 
+/// How often an idle consumer PINGs Redis to keep its readiness current.
+const IDLE_PING: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Commits stored offsets before a partition is taken away, so its next owner starts after
 /// the last record this consumer finished.
 struct CommitOnRevoke;
@@ -193,6 +196,17 @@ async fn consume(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             m = stream.next() => m,
+            // Idle: check Redis, so readiness reflects an outage before the next record.
+            _ = tokio::time::sleep(IDLE_PING) => {
+                let ok = cache.ping().await;
+                match (&ok, health.is_ready()) {
+                    (Err(f), true) => tracing::warn!(error = %f, "redis unavailable (idle check)"),
+                    (Ok(()), false) => tracing::info!("redis is back (idle check)"),
+                    _ => {}
+                }
+                health.set_ready(ok.is_ok());
+                continue;
+            }
         };
         let first = match first {
             Some(Ok(m)) => m.detach(),
