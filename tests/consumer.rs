@@ -347,3 +347,52 @@ async fn sigterm_commits_and_exits_zero() {
     );
     assert_eq!(committed(&b, &group, &topic, 1).await.get(&0), Some(&1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A rebalance commits what the consumer finished: with librdkafka's auto-commit off, a
+/// second member joining the group makes the first commit its stored offsets on revoke.
+async fn partition_revoke_commits_stored_offsets() {
+    let (b, r) = (brokers(), redis_url());
+    let (topic, group, px) = (unique("t"), unique("g"), unique("k"));
+    create_topics(&b, &topic, 2).await;
+    let p = producer(&b);
+    for i in 0..10 {
+        let key = format!("{px}:{i}");
+        produce_event(&p, &topic, &event(Op::Bump, &[&key])).await;
+    }
+    // librdkafka's auto-commit would commit on revoke by itself; without it only the
+    // consumer's own revoke hook can.
+    let no_autocommit = |mut s: invalidator::consumer::ConsumerSettings| {
+        s.kafka
+            .options
+            .push(("enable.auto.commit".into(), "false".into()));
+        s
+    };
+    let first = start(no_autocommit(settings(&b, &r, &topic, &group)));
+    eventually(WAIT, "the first member applied everything", || {
+        let h = first.health.clone();
+        async move { h.stats.events_applied.load(Relaxed) >= 10 }
+    })
+    .await;
+    assert!(
+        committed(&b, &group, &topic, 2).await.is_empty(),
+        "nothing committed yet"
+    );
+    let second = start(no_autocommit(settings(&b, &r, &topic, &group)));
+    eventually(WAIT, "the revoke committed all ten offsets", || {
+        let (b, group, topic) = (b.clone(), group.clone(), topic.clone());
+        async move { committed(&b, &group, &topic, 2).await.values().sum::<i64>() == 10 }
+    })
+    .await;
+    assert!(
+        !first.handle.is_finished(),
+        "the first member is still running"
+    );
+    assert_eq!(
+        second.health.stats.events_applied.load(Relaxed),
+        0,
+        "nothing redelivered"
+    );
+    second.stop().await.expect("clean stop");
+    first.stop().await.expect("clean stop");
+}
