@@ -28,11 +28,15 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up; boxing the larger argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Create or upgrade schema `invalidator` in an existing database (idempotent).
     Migrate(MigrateArgs),
     /// Publish the outbox to Kafka: claim, publish, await acks, delete; until SIGTERM.
     Relay(RelayArgs),
+    /// Consume invalidations from Kafka and apply them to Redis, until SIGTERM/SIGINT.
+    Consume(ConsumeArgs),
 }
 
 /// Where PostgreSQL is.
@@ -198,4 +202,93 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// `invalidator consume`: Kafka → Redis (DESIGN §3).
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Redis URL: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. With
+    /// `--redis-cluster`, one or more seed nodes separated by commas. Its password is never
+    /// printed.
+    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true, value_parser = parse_redacted)]
+    pub redis_url: Redacted,
+
+    /// Talk to a Redis Cluster (slot routing) instead of a single server.
+    #[arg(long, env = "INVALIDATOR_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// How long a pipeline may wait for Redis's replies before it counts as a timeout
+    /// (transient: retried).
+    #[arg(long, env = "INVALIDATOR_REDIS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Topic to consume; its dead-letter topic is `<topic>.dlq`.
+    #[arg(long, env = "INVALIDATOR_TOPIC", default_value = "cache-invalidations")]
+    pub topic: String,
+
+    /// Kafka consumer group. Consumers in one group share the partitions.
+    #[arg(long, env = "INVALIDATOR_GROUP", default_value = "invalidator")]
+    pub group: String,
+
+    /// librdkafka option `key=value` (repeatable; e.g. `-X security.protocol=SASL_SSL`).
+    /// The environment twin takes a comma-separated list.
+    #[arg(short = 'X', value_name = "KEY=VALUE", env = "INVALIDATOR_KAFKA_OPTIONS", value_delimiter = ',', value_parser = crate::kafka::parse_option)]
+    pub kafka_options: Vec<(String, String)>,
+
+    /// Create the topic and its `.dlq` if missing (otherwise a missing topic stops start-up).
+    #[arg(long, env = "INVALIDATOR_CREATE_TOPICS")]
+    pub create_topics: bool,
+
+    /// Partitions of topics created by `--create-topics`.
+    #[arg(long, env = "INVALIDATOR_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+
+    /// How long a key's fill guard lives after its last delete; must exceed the longest time a
+    /// reader spends between reading the guard and filling the cache.
+    #[arg(long, env = "INVALIDATOR_GUARD_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub guard_ttl: Duration,
+
+    /// How long a bump's dedupe marker lives: a redelivery within it is a no-op.
+    #[arg(long, env = "INVALIDATOR_DEDUPE_TTL", default_value = "168h", value_parser = parse_duration)]
+    pub dedupe_ttl: Duration,
+
+    /// Only keys starting with one of these prefixes are applied (repeatable; default: every
+    /// key). Other keys send their event to the dead-letter topic. Env: comma-separated.
+    #[arg(
+        long = "allow-prefix",
+        value_name = "PREFIX",
+        env = "INVALIDATOR_ALLOW_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub allow_prefixes: Vec<String>,
+
+    /// Retries of an unclassified Redis error before the event goes to the dead-letter topic.
+    /// (Redis unavailable is retried forever; WRONGTYPE/NOPERM are dead-lettered at once.)
+    #[arg(long, env = "INVALIDATOR_MAX_RETRIES", default_value_t = 5)]
+    pub max_retries: u32,
+
+    /// Longest wait between two retries (exponential backoff with jitter up to this).
+    #[arg(long, env = "INVALIDATOR_RETRY_MAX_DELAY", default_value = "30s", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
+
+    /// Most records applied in one Redis pipeline.
+    #[arg(long, env = "INVALIDATOR_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch_size: u64,
+
+    /// How long a dead-letter record may take to be acknowledged before the consumer gives up
+    /// and exits non-zero (its offset is not stored).
+    #[arg(long, env = "INVALIDATOR_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// Grace period on SIGTERM/SIGINT to finish the batch in flight and commit offsets.
+    #[arg(long, env = "INVALIDATOR_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address (e.g. `0.0.0.0:9464`).
+    #[arg(long, env = "INVALIDATOR_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }

@@ -15,13 +15,19 @@
 //! - [`wire`]: the record format shared by relay, consumer and DLQ tools (pure).
 //! - [`kafka`]: librdkafka configuration, `-X` pass-through, topic checks.
 //! - [`retry`]: backoff and once-per-state-change logging; [`shutdown`]: signals and grace.
+//! - [`consumer`]: `invalidator consume`, Kafka → Redis with a dead-letter topic; [`cache`]:
+//!   every Redis command and Lua script (apply, guard naming, guarded fill); [`keys`]: the
+//!   key policy.
 //! - [`cli`]: the command line; [`telemetry`]: logging; [`redact`]: secret-free URLs.
 //!
 //! The contract the code follows is `docs/DESIGN.md`.
 
+pub mod cache;
 pub mod cli;
+pub mod consumer;
 pub mod db;
 pub mod kafka;
+pub mod keys;
 pub mod migrate;
 pub mod outbox;
 pub mod redact;

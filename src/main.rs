@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use invalidator::cli::{Cli, Command, MigrateArgs, RelayArgs};
+use invalidator::cli::{Cli, Command, ConsumeArgs, MigrateArgs, RelayArgs};
 use invalidator::relay::{self, RelaySettings};
 use invalidator::{db, migrate, shutdown, telemetry};
 
@@ -36,6 +36,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(args) => run_migrate(args).await,
         Command::Relay(args) => run_relay(args).await,
+        Command::Consume(args) => run_consume(args).await,
     }
 }
 
@@ -96,5 +97,21 @@ async fn run_relay(args: RelayArgs) -> anyhow::Result<()> {
     let settings = RelaySettings::try_from(args)?;
     let token = shutdown::on_signals();
     shutdown::run_with_grace("relay", token.clone(), grace, relay::run(settings, token)).await??;
+    Ok(())
+}
+
+async fn run_consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let grace = args.shutdown_timeout;
+    let settings = invalidator::consumer::ConsumerSettings::try_from(args)
+        .context("invalid consumer configuration")?;
+    let shutdown = invalidator::shutdown::on_signals();
+    let health = invalidator::consumer::Health::new();
+    invalidator::shutdown::run_with_grace(
+        "the consumer",
+        shutdown.clone(),
+        grace,
+        invalidator::consumer::run(settings, health, shutdown),
+    )
+    .await??;
     Ok(())
 }

@@ -1,0 +1,437 @@
+//! The consumer loop (DESIGN §3): poll a batch, decode and check it, apply it to Redis in one
+//! pipeline, dead-letter what can never apply, and only then store the batch's offsets.
+//!
+//! An offset is stored only for a record that Redis applied or the DLQ acknowledged, and only
+//! up to the first record of its partition that is not done, so a crash anywhere re-delivers
+//! and nothing is skipped. librdkafka commits stored offsets every `auto.commit.interval.ms`,
+//! on partition revoke (the context below) and on shutdown.
+
+use std::collections::{HashMap, HashSet};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::OwnedMessage;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, FailureClass, Invalidation};
+use crate::db::chain;
+use crate::wire::{self, DecodeError, Event};
+
+use super::dlq::{self, DeadLetter, DlqProducer};
+use super::error::{ConsumeError, DlqReason};
+use super::health::{self, Health};
+use super::settings::ConsumerSettings;
+
+/// How often an idle consumer PINGs Redis to keep its readiness current.
+const IDLE_PING: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Commits stored offsets before a partition is taken away, so its next owner starts after
+/// the last record this consumer finished.
+struct CommitOnRevoke;
+
+impl ClientContext for CommitOnRevoke {}
+
+impl ConsumerContext for CommitOnRevoke {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions revoked, committing offsets"
+            );
+            commit(consumer, "revoke");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "committing offsets failed; will retry"),
+        }
+    }
+}
+
+/// Commits the stored offsets synchronously; "nothing to commit" is not an error.
+fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, when: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::debug!(when, "offsets committed"),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(error = %e, when, "committing offsets failed"),
+    }
+}
+
+/// What one polled record is, on its way through a batch.
+enum State {
+    /// A valid event still to apply.
+    Apply(Event),
+    /// Must go to the dead-letter topic.
+    Dead(DeadLetter),
+    /// Applied or dead-lettered: its offset may be stored.
+    Done,
+}
+
+/// Runs the consumer until `shutdown` is cancelled (returns `Ok` after committing) or a
+/// fatal error (the DLQ could not be written, setup failed).
+pub async fn run(
+    settings: ConsumerSettings,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let topics = [settings.topic.clone(), settings.dlq_topic.clone()];
+    settings
+        .kafka
+        .ensure_topics(&topics, settings.create_topics)
+        .await
+        .map_err(ConsumeError::Topics)?;
+
+    let Some(mut cache) = connect_redis(&settings, &health, &shutdown).await? else {
+        return Ok(());
+    };
+    health.set_ready(true);
+
+    let dlq = DlqProducer::new(
+        &settings.kafka,
+        &settings.dlq_topic,
+        settings.delivery_timeout,
+    )
+    .map_err(ConsumeError::Producer)?;
+
+    let consumer: StreamConsumer<CommitOnRevoke> = settings
+        .kafka
+        .client_config(&[
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "true"),
+            ("enable.partition.eof", "false"),
+        ])
+        .set("group.id", &settings.group)
+        .set("enable.auto.offset.store", "false")
+        .create_with_context(CommitOnRevoke)
+        .map_err(ConsumeError::Consumer)?;
+    consumer
+        .subscribe(&[settings.topic.as_str()])
+        .map_err(|source| ConsumeError::Subscribe {
+            topic: settings.topic.clone(),
+            source,
+        })?;
+
+    let metrics = match settings.metrics_addr {
+        Some(addr) => Some(
+            health::serve(addr, health.clone(), shutdown.clone())
+                .await
+                .map_err(|source| ConsumeError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+
+    tracing::info!(
+        topic = %settings.topic,
+        group = %settings.group,
+        redis = %settings.redis.url,
+        "consumer started"
+    );
+    let result = consume(&settings, &consumer, &mut cache, &dlq, &health, &shutdown).await;
+    // Whatever happened, commit what is stored: those records are done.
+    commit(&consumer, "shutdown");
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    if result.is_ok() {
+        tracing::info!("consumer stopped, offsets committed");
+    }
+    result
+}
+
+/// Connects to Redis, waiting out a Redis that is not up yet. `None` if shut down meanwhile.
+async fn connect_redis(
+    settings: &ConsumerSettings,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Option<Cache>, ConsumeError> {
+    let mut backoff = backoff(settings);
+    loop {
+        match Cache::connect(&settings.redis, settings.apply).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if e.is_transient() => {
+                health.set_ready(false);
+                let delay = backoff.next().unwrap_or(settings.retry_max_delay);
+                tracing::warn!(error = %chain(&e), ?delay, "redis unavailable at start-up, retrying");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Exponential backoff with jitter, capped, never giving up (DESIGN §2/§3).
+fn backoff(settings: &ConsumerSettings) -> impl Iterator<Item = std::time::Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(settings.retry_min_delay)
+        .with_max_delay(settings.retry_max_delay)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The poll → apply → store loop.
+async fn consume(
+    settings: &ConsumerSettings,
+    consumer: &StreamConsumer<CommitOnRevoke>,
+    cache: &mut Cache,
+    dlq: &DlqProducer,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    let mut stream = consumer.stream();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            m = stream.next() => m,
+            // Idle: check Redis, so readiness reflects an outage before the next record.
+            _ = tokio::time::sleep(IDLE_PING) => {
+                let ok = cache.ping().await;
+                match (&ok, health.is_ready()) {
+                    (Err(f), true) => tracing::warn!(error = %f, "redis unavailable (idle check)"),
+                    (Ok(()), false) => tracing::info!("redis is back (idle check)"),
+                    _ => {}
+                }
+                health.set_ready(ok.is_ok());
+                continue;
+            }
+        };
+        let first = match first {
+            Some(Ok(m)) => m.detach(),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            None => return Ok(()),
+        };
+        let mut batch = vec![first];
+        // Take what librdkafka already fetched, without waiting for more.
+        while batch.len() < settings.batch_size {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(m.detach()),
+                Some(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                _ => break,
+            }
+        }
+        health
+            .stats
+            .records
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let (done, fatal) = process_batch(settings, &batch, cache, dlq, health, shutdown).await;
+        store_offsets(consumer, &batch, &done, health);
+        if let Some(e) = fatal {
+            tracing::error!(error = %chain(&e), "stopping: a record could not be dead-lettered");
+            return Err(e);
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+/// Decodes and checks one record: an event to apply, or why it is dead.
+fn examine(settings: &ConsumerSettings, m: &OwnedMessage) -> State {
+    let dead = |reason, error: String| {
+        State::Dead(DeadLetter {
+            reason,
+            error,
+            attempts: 0,
+        })
+    };
+    let Some(value) = m.payload() else {
+        return dead(DlqReason::Decode, "the record has no value".into());
+    };
+    match wire::decode(value) {
+        Ok(event) => match settings.policy.check(&event.keys) {
+            Ok(()) => State::Apply(event),
+            Err(e) => dead(DlqReason::RejectedKey, e.to_string()),
+        },
+        Err(e @ DecodeError::Invalid(_)) => dead(DlqReason::Decode, e.to_string()),
+        Err(e @ DecodeError::UnsupportedVersion(_)) => {
+            dead(DlqReason::UnsupportedVersion, e.to_string())
+        }
+    }
+}
+
+/// Applies a batch until every record is done, dead, or shutdown interrupts a Redis outage;
+/// then dead-letters. Returns which records are done, and a fatal error if the DLQ failed.
+async fn process_batch(
+    settings: &ConsumerSettings,
+    batch: &[OwnedMessage],
+    cache: &mut Cache,
+    dlq: &DlqProducer,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> (Vec<bool>, Option<ConsumeError>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &health.stats;
+    let mut states: Vec<State> = batch.iter().map(|m| examine(settings, m)).collect();
+    let mut attempts = vec![0u32; batch.len()];
+    let mut delays = backoff(settings);
+    loop {
+        let pending: Vec<usize> = (0..states.len())
+            .filter(|i| matches!(states[*i], State::Apply(_)))
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let invalidations: Vec<Invalidation<'_>> = pending
+            .iter()
+            .map(|i| match &states[*i] {
+                State::Apply(e) => Invalidation {
+                    op: e.op,
+                    event_id: e.event_id,
+                    keys: &e.keys,
+                },
+                _ => unreachable!("pending holds only State::Apply"),
+            })
+            .collect();
+        let outcomes = cache.apply(&invalidations).await;
+        drop(invalidations);
+        let mut transient = None;
+        let mut unknown = None;
+        for (i, outcome) in pending.iter().copied().zip(outcomes) {
+            match outcome {
+                Ok(applied) => {
+                    stats.events_applied.fetch_add(1, Relaxed);
+                    stats.keys_applied.fetch_add(applied.keys as u64, Relaxed);
+                    stats
+                        .duplicates
+                        .fetch_add(applied.duplicates as u64, Relaxed);
+                    states[i] = State::Done;
+                }
+                Err(f) => match f.class {
+                    FailureClass::Transient => transient = Some(f),
+                    FailureClass::Permanent => {
+                        attempts[i] += 1;
+                        states[i] = State::Dead(DeadLetter {
+                            reason: DlqReason::RedisPermanent,
+                            error: f.message,
+                            attempts: attempts[i],
+                        });
+                    }
+                    FailureClass::Unknown => {
+                        attempts[i] += 1;
+                        if attempts[i] > settings.max_retries {
+                            states[i] = State::Dead(DeadLetter {
+                                reason: DlqReason::RetriesExhausted,
+                                error: f.message,
+                                attempts: attempts[i],
+                            });
+                        } else {
+                            unknown = Some(f);
+                        }
+                    }
+                },
+            }
+        }
+        let was_ready = health.is_ready();
+        health.set_ready(transient.is_none());
+        if let Some(f) = &transient {
+            if was_ready {
+                tracing::warn!(error = %f, "redis unavailable, retrying until it is back");
+            }
+        } else if !was_ready {
+            tracing::info!("redis is back, applying");
+        }
+        if transient.is_none() && unknown.is_none() {
+            continue; // only dead or done left, or nothing: the next round exits
+        }
+        if let (None, Some(f)) = (&transient, &unknown) {
+            tracing::warn!(error = %f, "redis error, retrying the events it hit");
+        }
+        stats.redis_retries.fetch_add(1, Relaxed);
+        let delay = delays.next().unwrap_or(settings.retry_max_delay);
+        tokio::select! {
+            biased;
+            // Roll back: the records not done keep their offsets unstored.
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    // Dead-letter, all records at once; each counts as done only once acknowledged.
+    let sends = states.iter().enumerate().filter_map(|(i, s)| match s {
+        State::Dead(d) => Some(async move { (i, dlq.send(&batch[i], d).await) }),
+        _ => None,
+    });
+    let mut fatal = None;
+    for (i, result) in futures::future::join_all(sends).await {
+        match result {
+            Ok(()) => {
+                if let State::Dead(d) = &states[i] {
+                    tracing::warn!(
+                        source = %dlq::source_ref(&batch[i]),
+                        reason = %d.reason,
+                        error = %d.error,
+                        "record dead-lettered"
+                    );
+                }
+                stats.dead_lettered.fetch_add(1, Relaxed);
+                states[i] = State::Done;
+            }
+            Err(source) => {
+                if fatal.is_none() {
+                    fatal = Some(ConsumeError::DlqUnwritable {
+                        dlq_topic: dlq.topic().to_string(),
+                        source_ref: dlq::source_ref(&batch[i]),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    let done = states.iter().map(|s| matches!(s, State::Done)).collect();
+    (done, fatal)
+}
+
+/// Stores, per partition, the offset of the last record of the unbroken run of done records
+/// at the start of the batch. librdkafka stores `offset + 1`, the next record to read.
+fn store_offsets(
+    consumer: &StreamConsumer<CommitOnRevoke>,
+    batch: &[OwnedMessage],
+    done: &[bool],
+    health: &Health,
+) {
+    let mut blocked: HashSet<(&str, i32)> = HashSet::new();
+    let mut last: HashMap<(&str, i32), i64> = HashMap::new();
+    let mut count = 0u64;
+    for (m, d) in batch.iter().zip(done) {
+        let tp = (m.topic(), m.partition());
+        if blocked.contains(&tp) {
+            continue;
+        }
+        if *d {
+            last.insert(tp, m.offset());
+            count += 1;
+        } else {
+            blocked.insert(tp);
+        }
+    }
+    for ((topic, partition), offset) in last {
+        if let Err(e) = consumer.store_offset(topic, partition, offset) {
+            // The partition was revoked meanwhile: its new owner re-applies (idempotent).
+            tracing::debug!(error = %e, topic, partition, offset, "storing offset failed");
+        }
+    }
+    health
+        .stats
+        .offsets_stored
+        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+}
