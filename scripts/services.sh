@@ -102,7 +102,10 @@ kafka() { # kafka PORT ENGINE
   mkdir -p "$dir"
   say "starting tansu on 127.0.0.1:$port (storage $engine in $dir)"
   # A relative sqlite path: the database lives in $dir.
-  (cd "$dir" && nohup "$TANSU" broker \
+  # `cd` first and on its own: with `cd && nohup … &` the `&` would background a subshell
+  # and $! would be that subshell, not tansu.
+  (cd "$dir" || exit 1
+   nohup "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
       --storage-engine "$engine" >"$dir/tansu.log" 2>&1 &
