@@ -13,8 +13,7 @@ use futures::future::join_all;
 use invalidator::kafka::{KafkaSettings, TopicSpec};
 use invalidator::redact::Redacted;
 use invalidator::relay::{self, RelaySettings};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
 fn env(k: &str, d: &str) -> String {
@@ -40,6 +39,17 @@ async fn preload(c: &tokio_postgres::Client, n: i64) {
     c.batch_execute("VACUUM ANALYZE invalidator.outbox")
         .await
         .expect("vacuum");
+}
+
+async fn create_topic(kafka: &KafkaSettings, topic: &str) {
+    let spec = TopicSpec {
+        partitions: 6,
+        replication_factor: 1,
+    };
+    kafka
+        .ensure_topics(&[topic.to_string()], Some(spec))
+        .await
+        .expect("creating the bench topic");
 }
 
 #[tokio::main]
@@ -96,16 +106,7 @@ async fn main() {
 
         // The relay, draining the same backlog to Kafka.
         let topic = format!("bench_relay_{}_{batch}", std::process::id());
-        kafka
-            .ensure_topics(
-                &[topic.clone()],
-                Some(TopicSpec {
-                    partitions: 6,
-                    replication_factor: 1,
-                }),
-            )
-            .await
-            .expect("topic");
+        create_topic(&kafka, &topic).await;
         preload(&c, rows).await;
         let token = CancellationToken::new();
         let settings = RelaySettings {
@@ -147,24 +148,9 @@ async fn main() {
 
     // The broker's own produce rate from one client: same record size, same settings.
     let topic = format!("bench_produce_{}", std::process::id());
-    kafka
-        .ensure_topics(
-            &[topic.clone()],
-            Some(TopicSpec {
-                partitions: 6,
-                replication_factor: 1,
-            }),
-        )
-        .await
-        .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "2")
-        .create()
-        .unwrap();
+    create_topic(&kafka, &topic).await;
+    // The relay's own producer settings (idempotence, acks=all, lz4, linger), not a copy.
+    let producer = relay::create_producer(&kafka, Duration::from_secs(30)).expect("producer");
     let value = br#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"delete","keys":["product:12345"],"created_at":"2026-11-23T06:00:00.123456Z","source":"bench"}"#;
     let started = Instant::now();
     let mut sent = 0i64;

@@ -26,6 +26,16 @@ async fn migrated_db() -> TestDb {
     db
 }
 
+/// A migrated database of the test's own, a client on it, and a topic of its own on the
+/// durable broker.
+async fn setup(topic_prefix: &str, partitions: i32) -> (TestDb, tokio_postgres::Client, String) {
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let topic = unique(topic_prefix);
+    k::create_topic(&k::brokers(), &topic, partitions).await;
+    (db, c, topic)
+}
+
 fn settings(db: &TestDb, brokers: &str, topic: &str) -> RelaySettings {
     RelaySettings {
         database_url: db.redacted(),
@@ -241,10 +251,7 @@ async fn broker_down_keeps_rows_then_publishes_them() {
 /// A relay killed after the broker acknowledged and before COMMIT leaves every row in the
 /// outbox; the next relay publishes them again (duplicates allowed, loss not).
 async fn killed_before_commit_rows_survive_and_republish() {
-    let db = migrated_db().await;
-    let c = db.client().await;
-    let topic = unique("relay_kill");
-    k::create_topic(&k::brokers(), &topic, 1).await;
+    let (db, c, topic) = setup("relay_kill", 1).await;
     let written = insert(&c, "kill", 20).await;
 
     let out = tokio::process::Command::new(bin())
@@ -397,10 +404,7 @@ async fn four_relays_share_50k_rows() {
 /// A row the broker can never accept (larger than message.max.bytes) goes to outbox_dead
 /// with the error; the rows before and after it are published.
 async fn oversize_row_is_buried_and_others_flow() {
-    let db = migrated_db().await;
-    let c = db.client().await;
-    let topic = unique("relay_big");
-    k::create_topic(&k::brokers(), &topic, 1).await;
+    let (db, c, topic) = setup("relay_big", 1).await;
     let before = insert(&c, "before", 10).await;
     let big: Uuid = c
         .query_one(
@@ -559,10 +563,7 @@ async fn notify_wakes_the_relay() {
 /// Its PostgreSQL connections reset under it (as in a server restart), the relay reconnects
 /// and keeps publishing without a restart.
 async fn postgres_connection_reset_recovers() {
-    let db = migrated_db().await;
-    let c = db.client().await;
-    let topic = unique("relay_pgreset");
-    k::create_topic(&k::brokers(), &topic, 1).await;
+    let (db, c, topic) = setup("relay_pgreset", 1).await;
     let relay = start(settings(&db, &k::brokers(), &topic));
     let mut written = insert(&c, "r1", 10).await;
     let cc = &c;

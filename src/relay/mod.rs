@@ -8,5 +8,5 @@ mod settings;
 
 pub use cursor::{Cursor, HINT_LAG};
 pub use daemon::{run, RelayError};
-pub use publish::{classify, DeliveryClass};
+pub use publish::{classify, create_producer, DeliveryClass};
 pub use settings::{Failpoint, RelaySettings};
