@@ -77,7 +77,6 @@ async fn e2e(redis_url: &str, n: usize) {
     use invalidator::consumer::{ConsumerSettings, Health};
     use invalidator::kafka::{KafkaSettings, TopicSpec};
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    use std::sync::atomic::Ordering::Relaxed;
 
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let kafka = KafkaSettings {
@@ -143,11 +142,11 @@ async fn e2e(redis_url: &str, n: usize) {
             health.clone(),
             shutdown.clone(),
         ));
-        while health.stats.records.load(Relaxed) == 0 {
+        while health.stats.records.get() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let start = Instant::now();
-        while health.stats.keys_applied.load(Relaxed) < n as u64 {
+        while health.stats.keys_applied.get() < n as u64 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let secs = start.elapsed().as_secs_f64();

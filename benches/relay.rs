@@ -124,7 +124,7 @@ async fn main() {
             failpoint: None,
         };
         let started = Instant::now();
-        let handle = tokio::spawn(relay::run(settings, token.clone()));
+        let handle = tokio::spawn(relay::run(settings, relay::Health::new(), token.clone()));
         loop {
             let left: i64 = c
                 .query_one("SELECT count(*) FROM invalidator.outbox", &[])

@@ -9,6 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 /// librdkafka options that typed flags own; `-X` may not set them.
 const OWNED_BY_FLAGS: &[(&str, &str)] = &[
@@ -59,6 +60,11 @@ pub enum KafkaSetupError {
     CreateTopic { topic: String, reason: String },
     #[error("creating a Kafka client failed")]
     Client(#[source] KafkaError),
+    #[error(
+        "no Kafka brokers given: set --kafka-brokers or KAFKA_BROKERS (host:port,…); only \
+         `invalidator run` works without them, on an embedded broker"
+    )]
+    NoBrokers,
 }
 
 impl KafkaSetupError {
@@ -90,6 +96,21 @@ pub fn check_options(options: &[(String, String)]) -> Result<(), KafkaSetupError
 }
 
 impl KafkaSettings {
+    /// Settings from the command line: brokers required, `-X` checked.
+    pub fn from_args(args: &crate::cli::KafkaArgs) -> Result<KafkaSettings, KafkaSetupError> {
+        let brokers = args
+            .brokers
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .ok_or(KafkaSetupError::NoBrokers)?;
+        check_options(&args.options)?;
+        Ok(KafkaSettings {
+            brokers: brokers.to_string(),
+            options: args.options.clone(),
+        })
+    }
+
     /// The base configuration: brokers, then the `-X` options (which win over our defaults,
     /// but were checked not to collide with typed flags).
     pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
@@ -198,6 +219,104 @@ impl KafkaSettings {
         })
         .await
         .expect("the metadata task does not panic")
+    }
+}
+
+/// Offsets of one partition: what it holds, and where a group stands in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    /// The oldest offset still retained.
+    pub low: i64,
+    /// The next offset to be written (the end).
+    pub high: i64,
+    /// The group's committed offset (the next record it will read), if it has one.
+    pub committed: Option<i64>,
+}
+
+impl PartitionOffsets {
+    /// Records the group has not finished: from its committed offset (or the oldest
+    /// retained record, if it never committed) to the end.
+    pub fn lag(&self) -> i64 {
+        let from = self.committed.unwrap_or(self.low).max(self.low);
+        (self.high - from).max(0)
+    }
+
+    /// Records retained.
+    pub fn depth(&self) -> i64 {
+        (self.high - self.low).max(0)
+    }
+}
+
+impl KafkaSettings {
+    /// Every partition of `topic` with its watermarks and, with `group`, that group's committed
+    /// offset. Reads only: it joins no group and commits nothing.
+    pub async fn topic_offsets(
+        &self,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<Vec<PartitionOffsets>, KafkaSetupError> {
+        let mut config = self.client_config(&[("allow.auto.create.topics", "false")]);
+        if let Some(g) = group {
+            config.set("group.id", g);
+        }
+        let brokers = self.brokers.clone();
+        let topic = topic.to_string();
+        let has_group = group.is_some();
+        tokio::task::spawn_blocking(move || {
+            let metadata_err = |source| KafkaSetupError::Metadata {
+                brokers: brokers.clone(),
+                source,
+            };
+            let consumer: BaseConsumer = config.create().map_err(KafkaSetupError::Client)?;
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(metadata_err)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Err(KafkaSetupError::TopicMissing {
+                    topic,
+                    brokers: brokers.clone(),
+                });
+            }
+            let mut committed = std::collections::HashMap::new();
+            if has_group {
+                // Declared after `consumer`, so dropped before it (librdkafka hangs otherwise).
+                let mut tpl = TopicPartitionList::new();
+                for p in &partitions {
+                    tpl.add_partition(&topic, *p);
+                }
+                let got = consumer
+                    .committed_offsets(tpl, Duration::from_secs(10))
+                    .map_err(metadata_err)?;
+                for e in got.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        committed.insert(e.partition(), o);
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(partitions.len());
+            for p in partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .map_err(metadata_err)?;
+                out.push(PartitionOffsets {
+                    partition: p,
+                    low,
+                    high,
+                    committed: committed.get(&p).copied(),
+                });
+            }
+            out.sort_by_key(|o| o.partition);
+            Ok(out)
+        })
+        .await
+        .expect("the offsets task does not panic")
     }
 }
 

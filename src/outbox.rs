@@ -143,5 +143,37 @@ pub async fn database_name(client: &impl GenericClient) -> Result<String, tokio_
         .get(0))
 }
 
+/// How far behind the relay is: pending rows and the age of the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Backlog {
+    pub rows: i64,
+    /// 0 when the outbox is empty. Measured with the database's clock, like `created_at`.
+    pub oldest_age_seconds: f64,
+}
+
+/// Counts the outbox (rows a relay has claimed but not yet committed still count).
+pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*),
+                    COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8
+             FROM invalidator.outbox",
+            &[],
+        )
+        .await?;
+    Ok(Backlog {
+        rows: row.get(0),
+        oldest_age_seconds: row.get::<_, f64>(1).max(0.0),
+    })
+}
+
+/// Rows in `invalidator.outbox_dead`: rows the broker refused for good.
+pub async fn dead_rows(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT count(*) FROM invalidator.outbox_dead", &[])
+        .await?
+        .get(0))
+}
+
 /// The channel the opt-in trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "invalidator_outbox";

@@ -13,6 +13,8 @@ pub mod headers {
     pub const CONTENT_TYPE: &str = "content-type";
     pub const CONTENT_TYPE_JSON: &str = "application/json";
     pub const EVENT_ID: &str = "invalidator-event-id";
+    /// W3C trace context, carried from the outbox row's `headers` when the application sets it.
+    pub const TRACEPARENT: &str = "traceparent";
     /// Set on records re-published by `dlq replay`: the DLQ record's `topic/partition/offset`.
     pub const REPLAYED_FROM: &str = "invalidator-replayed-from";
     pub const DLQ_REASON: &str = "invalidator-dlq-reason";
@@ -99,6 +101,52 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         return Err(DecodeError::Invalid("the event has no keys".into()));
     }
     Ok(event)
+}
+
+/// Why a record was dead-lettered: the value of the `invalidator-dlq-reason` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DlqReason {
+    /// Not an event: not JSON, wrong types, no keys, no value.
+    Decode,
+    /// An event with a schema version this build does not read.
+    UnsupportedVersion,
+    /// A key broke the key policy.
+    RejectedKey,
+    /// Redis refused it for good (WRONGTYPE, NOPERM, CROSSSLOT).
+    RedisPermanent,
+    /// An unclassified Redis error persisted through `--max-retries` retries.
+    RetriesExhausted,
+}
+
+impl DlqReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqReason::Decode => "decode",
+            DlqReason::UnsupportedVersion => "unsupported-version",
+            DlqReason::RejectedKey => "rejected-key",
+            DlqReason::RedisPermanent => "redis-permanent",
+            DlqReason::RetriesExhausted => "retries-exhausted",
+        }
+    }
+
+    /// Every reason, in the order DESIGN §5 lists them.
+    pub const ALL: [DlqReason; 5] = [
+        DlqReason::Decode,
+        DlqReason::UnsupportedVersion,
+        DlqReason::RejectedKey,
+        DlqReason::RedisPermanent,
+        DlqReason::RetriesExhausted,
+    ];
+
+    pub fn parse(s: &str) -> Option<DlqReason> {
+        DlqReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for DlqReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `created_at` as RFC 3339 with microseconds and `Z`, the precision PostgreSQL stores.

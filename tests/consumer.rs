@@ -4,7 +4,6 @@
 mod common;
 mod consumer_support;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::{eventually, unique};
@@ -42,7 +41,7 @@ async fn applies_delete_and_bump() {
 
     eventually(WAIT, "both events applied", || {
         let h = running.health.clone();
-        async move { h.stats.events_applied.load(Relaxed) >= 2 }
+        async move { h.stats.events_applied.get() >= 2 }
     })
     .await;
     assert_eq!(get(&mut c, &k1).await, None);
@@ -80,7 +79,7 @@ async fn redelivery_is_a_no_op() {
     let running = start(settings(&b, &r, &topic, &group));
     eventually(WAIT, "all ten records applied", || {
         let h = running.health.clone();
-        async move { h.stats.events_applied.load(Relaxed) >= 10 }
+        async move { h.stats.events_applied.get() >= 10 }
     })
     .await;
     assert_eq!(
@@ -88,7 +87,7 @@ async fn redelivery_is_a_no_op() {
         Some("101"),
         "bumped once, not five times"
     );
-    assert_eq!(running.health.stats.duplicates.load(Relaxed), 4);
+    assert_eq!(running.health.stats.duplicates.get(), 4);
     assert_eq!(get(&mut c, &key).await, None);
     running.stop().await.expect("clean stop");
     assert_eq!(committed(&b, &group, &topic, 1).await.get(&0), Some(&10));
@@ -289,11 +288,11 @@ async fn crash_before_commit_redelivers() {
     let running = start(settings(&b, &r, &topic, &group));
     eventually(WAIT, "both records delivered again", || {
         let h = running.health.clone();
-        async move { h.stats.events_applied.load(Relaxed) >= 2 }
+        async move { h.stats.events_applied.get() >= 2 }
     })
     .await;
     assert_eq!(
-        running.health.stats.duplicates.load(Relaxed),
+        running.health.stats.duplicates.get(),
         1,
         "the bump was seen before"
     );
@@ -377,7 +376,7 @@ async fn partition_revoke_commits_stored_offsets() {
     let first = start(no_autocommit(settings(&b, &r, &topic, &group)));
     eventually(WAIT, "the first member applied everything", || {
         let h = first.health.clone();
-        async move { h.stats.events_applied.load(Relaxed) >= 10 }
+        async move { h.stats.events_applied.get() >= 10 }
     })
     .await;
     assert!(
@@ -395,7 +394,7 @@ async fn partition_revoke_commits_stored_offsets() {
         "the first member is still running"
     );
     assert_eq!(
-        second.health.stats.events_applied.load(Relaxed),
+        second.health.stats.events_applied.get(),
         0,
         "nothing redelivered"
     );

@@ -5,7 +5,6 @@
 mod common;
 mod consumer_support;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::{eventually, unique};
@@ -76,7 +75,7 @@ async fn dlq_unwritable_stops_without_committing_the_record() {
         "the poison record dead-lettered",
         || {
             let h = running.health.clone();
-            async move { h.stats.dead_lettered.load(Relaxed) >= 1 }
+            async move { h.stats.dead_lettered.get() >= 1 }
         },
     )
     .await;
@@ -85,7 +84,7 @@ async fn dlq_unwritable_stops_without_committing_the_record() {
         "the record after it applied again",
         || {
             let h = running.health.clone();
-            async move { h.stats.events_applied.load(Relaxed) >= 1 }
+            async move { h.stats.events_applied.get() >= 1 }
         },
     )
     .await;

@@ -4,7 +4,6 @@
 mod common;
 mod consumer_support;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::{eventually, unique};
@@ -43,15 +42,22 @@ async fn redis_outage_waits_and_applies_everything() {
     let key = |i: usize| format!("{px}:v{i}");
 
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut s = settings(&b, &url, &topic, &group);
-    s.metrics_addr = Some(metrics);
-    let running = start(s);
+    let running = start(settings(&b, &url, &topic, &group));
+    let mut endpoint = invalidator::metrics::Endpoint::new();
+    endpoint.add(
+        "consumer",
+        invalidator::metrics::CONSUMER_READY,
+        &running.health,
+    );
+    invalidator::metrics::serve(metrics, endpoint, running.shutdown.clone())
+        .await
+        .expect("serving /metrics");
     for i in 0..20 {
         produce_event(&p, &topic, &event(Op::Bump, &[&key(i)])).await;
     }
     eventually(WAIT, "the first half applied", || {
         let h = running.health.clone();
-        async move { h.stats.events_applied.load(Relaxed) >= 20 }
+        async move { h.stats.events_applied.get() >= 20 }
     })
     .await;
     for i in 0..20 {
@@ -83,7 +89,7 @@ async fn redis_outage_waits_and_applies_everything() {
         !running.handle.is_finished(),
         "the consumer waits, it does not exit"
     );
-    assert_eq!(running.health.stats.events_applied.load(Relaxed), 20);
+    assert_eq!(running.health.stats.events_applied.get(), 20);
     server.restart(); // empty: no persistence
 
     eventually(
@@ -144,7 +150,7 @@ async fn shutdown_during_outage_commits_only_what_was_applied() {
     produce_event(&p, &topic, &event(Op::Bump, &[&format!("{px}:first")])).await;
     eventually(WAIT, "the first record applied", || {
         let h = running.health.clone();
-        async move { h.stats.events_applied.load(Relaxed) >= 1 }
+        async move { h.stats.events_applied.get() >= 1 }
     })
     .await;
     server.stop();

@@ -63,7 +63,7 @@ struct Running {
 
 fn start(settings: RelaySettings) -> Running {
     let token = CancellationToken::new();
-    let handle = tokio::spawn(relay::run(settings, token.clone()));
+    let handle = tokio::spawn(relay::run(settings, relay::Health::new(), token.clone()));
     Running { token, handle }
 }
 

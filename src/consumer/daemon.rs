@@ -21,12 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, FailureClass, Invalidation};
 use crate::db::chain;
+use crate::metrics;
 use crate::wire::{self, DecodeError, Event};
 
 use super::dlq::{self, DeadLetter, DlqProducer};
 use super::error::{ConsumeError, DlqReason};
-use super::health::{self, Health};
 use super::settings::ConsumerSettings;
+use super::Health;
 
 /// How often an idle consumer PINGs Redis to keep its readiness current.
 const IDLE_PING: std::time::Duration = std::time::Duration::from_secs(2);
@@ -119,15 +120,6 @@ pub async fn run(
             source,
         })?;
 
-    let metrics = match settings.metrics_addr {
-        Some(addr) => Some(
-            health::serve(addr, health.clone(), shutdown.clone())
-                .await
-                .map_err(|source| ConsumeError::Metrics { addr, source })?,
-        ),
-        None => None,
-    };
-
     tracing::info!(
         topic = %settings.topic,
         group = %settings.group,
@@ -137,9 +129,6 @@ pub async fn run(
     let result = consume(&settings, &consumer, &mut cache, &dlq, &health, &shutdown).await;
     // Whatever happened, commit what is stored: those records are done.
     commit(&consumer, "shutdown");
-    if let Some(m) = metrics {
-        m.abort();
-    }
     if result.is_ok() {
         tracing::info!("consumer stopped, offsets committed");
     }
@@ -229,12 +218,14 @@ async fn consume(
                 _ => break,
             }
         }
-        health
-            .stats
-            .records
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        health.stats.records.inc_by(batch.len() as u64);
         let (done, fatal) = process_batch(settings, &batch, cache, dlq, health, shutdown).await;
         store_offsets(consumer, &batch, &done, health);
+        health
+            .stats
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
         if let Some(e) = fatal {
             tracing::error!(error = %chain(&e), "stopping: a record could not be dead-lettered");
             return Err(e);
@@ -279,7 +270,6 @@ async fn process_batch(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> (Vec<bool>, Option<ConsumeError>) {
-    use std::sync::atomic::Ordering::Relaxed;
     let stats = &health.stats;
     let mut states: Vec<State> = batch.iter().map(|m| examine(settings, m)).collect();
     let mut attempts = vec![0u32; batch.len()];
@@ -309,11 +299,13 @@ async fn process_batch(
         for (i, outcome) in pending.iter().copied().zip(outcomes) {
             match outcome {
                 Ok(applied) => {
-                    stats.events_applied.fetch_add(1, Relaxed);
-                    stats.keys_applied.fetch_add(applied.keys as u64, Relaxed);
-                    stats
-                        .duplicates
-                        .fetch_add(applied.duplicates as u64, Relaxed);
+                    stats.events_applied.inc();
+                    stats.keys_applied.inc_by(applied.keys as u64);
+                    stats.duplicates.inc_by(applied.duplicates as u64);
+                    if let State::Apply(e) = &states[i] {
+                        stats.latency.observe(metrics::seconds_since(e.created_at));
+                        trace_applied(&batch[i], e);
+                    }
                     states[i] = State::Done;
                 }
                 Err(f) => match f.class {
@@ -356,7 +348,7 @@ async fn process_batch(
         if let (None, Some(f)) = (&transient, &unknown) {
             tracing::warn!(error = %f, "redis error, retrying the events it hit");
         }
-        stats.redis_retries.fetch_add(1, Relaxed);
+        stats.redis_retries.inc();
         let delay = delays.next().unwrap_or(settings.retry_max_delay);
         tokio::select! {
             biased;
@@ -378,12 +370,13 @@ async fn process_batch(
                 if let State::Dead(d) = &states[i] {
                     tracing::warn!(
                         source = %dlq::source_ref(&batch[i]),
+                        traceparent = traceparent(&batch[i]).unwrap_or_default(),
                         reason = %d.reason,
                         error = %d.error,
                         "record dead-lettered"
                     );
                 }
-                stats.dead_lettered.fetch_add(1, Relaxed);
+                stats.dead_lettered.inc();
                 states[i] = State::Done;
             }
             Err(source) => {
@@ -430,8 +423,27 @@ fn store_offsets(
             tracing::debug!(error = %e, topic, partition, offset, "storing offset failed");
         }
     }
-    health
-        .stats
-        .offsets_stored
-        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    health.stats.offsets_stored.inc_by(count);
+}
+
+/// The W3C `traceparent` header the application put on the outbox row, if any.
+fn traceparent(m: &OwnedMessage) -> Option<&str> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == wire::headers::TRACEPARENT)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+/// Records an applied event inside a span that carries its `traceparent`, so a collector
+/// (or `--log-format json` with `RUST_LOG=invalidator=debug`) ties the cache invalidation to
+/// the application request that wrote the outbox row.
+fn trace_applied(m: &OwnedMessage, e: &Event) {
+    let span = tracing::debug_span!(
+        "apply",
+        event_id = %e.event_id,
+        traceparent = traceparent(m).unwrap_or_default(),
+    );
+    let _entered = span.enter();
+    tracing::debug!(op = e.op.as_str(), keys = e.keys.len(), "event applied");
 }

@@ -1,5 +1,5 @@
-//! Why the consumer stops (`ConsumeError`), and why a record goes to the dead-letter topic
-//! (`DlqReason`, the `invalidator-dlq-reason` header of DESIGN §5).
+//! Why the consumer stops (`ConsumeError`). Why a record goes to the dead-letter topic is
+//! [`DlqReason`], which lives in `wire` because the DLQ tools read it too.
 
 use rdkafka::error::KafkaError;
 
@@ -36,12 +36,6 @@ pub enum ConsumeError {
     },
     #[error("the Kafka consumer failed")]
     Kafka(#[source] KafkaError),
-    #[error("serving metrics on {addr} failed")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 impl ConsumeError {
@@ -57,47 +51,4 @@ impl ConsumeError {
     }
 }
 
-/// Why a record was dead-lettered: the value of the `invalidator-dlq-reason` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DlqReason {
-    /// Not an event: not JSON, wrong types, no keys, no value.
-    Decode,
-    /// An event with a schema version this build does not read.
-    UnsupportedVersion,
-    /// A key broke the key policy.
-    RejectedKey,
-    /// Redis refused it for good (WRONGTYPE, NOPERM, CROSSSLOT).
-    RedisPermanent,
-    /// An unclassified Redis error persisted through `--max-retries` retries.
-    RetriesExhausted,
-}
-
-impl DlqReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DlqReason::Decode => "decode",
-            DlqReason::UnsupportedVersion => "unsupported-version",
-            DlqReason::RejectedKey => "rejected-key",
-            DlqReason::RedisPermanent => "redis-permanent",
-            DlqReason::RetriesExhausted => "retries-exhausted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<DlqReason> {
-        [
-            DlqReason::Decode,
-            DlqReason::UnsupportedVersion,
-            DlqReason::RejectedKey,
-            DlqReason::RedisPermanent,
-            DlqReason::RetriesExhausted,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for DlqReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::wire::DlqReason;

@@ -5,15 +5,14 @@
 //! - [`daemon`]: the poll → apply → store-offset loop, [`run`].
 //! - [`dlq`]: dead-letter records and their headers (DESIGN §5).
 //! - [`error`]: why the daemon stops, and why a record is dead-lettered.
-//! - [`health`]: readiness, counters and the `/healthz` `/readyz` `/metrics` endpoint.
 
 pub mod daemon;
 pub mod dlq;
 pub mod error;
-pub mod health;
 pub mod settings;
 
 pub use daemon::run;
 pub use error::{ConsumeError, DlqReason};
-pub use health::{Health, Stats};
+/// Readiness and metrics of a running consumer (served by [`crate::metrics::serve`]).
+pub type Health = crate::metrics::Health<crate::metrics::ConsumerMetrics>;
 pub use settings::ConsumerSettings;

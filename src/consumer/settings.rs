@@ -31,8 +31,6 @@ pub struct ConsumerSettings {
     pub batch_size: usize,
     /// How long a dead-letter record may take to be acknowledged.
     pub delivery_timeout: Duration,
-    /// Where to serve `/healthz`, `/readyz`, `/metrics`, if anywhere.
-    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl ConsumerSettings {
@@ -52,7 +50,6 @@ impl ConsumerSettings {
             retry_max_delay: Duration::from_secs(30),
             batch_size: 1000,
             delivery_timeout: Duration::from_secs(30),
-            metrics_addr: None,
         }
     }
 }
@@ -83,55 +80,59 @@ impl TryFrom<ConsumeArgs> for ConsumerSettings {
     type Error = SettingsError;
 
     fn try_from(a: ConsumeArgs) -> Result<Self, SettingsError> {
-        check_options(&a.kafka_options)?;
-        if a.topic.trim().is_empty() {
+        let kafka = KafkaSettings::from_args(&a.kafka)?;
+        ConsumerSettings::build(a, kafka)
+    }
+}
+
+impl ConsumerSettings {
+    /// Validates everything but the brokers, which `run` may provide itself (embedded).
+    pub fn build(a: ConsumeArgs, kafka: KafkaSettings) -> Result<Self, SettingsError> {
+        check_options(&kafka.options)?;
+        let (c, r) = (&a.consumer, &a.redis);
+        if a.topic.topic.trim().is_empty() {
             return Err(SettingsError::EmptyTopic);
         }
-        if a.group.trim().is_empty() {
+        if a.group.group.trim().is_empty() {
             return Err(SettingsError::EmptyGroup);
         }
-        if a.allow_prefixes.iter().any(|p| p.is_empty()) {
+        if c.allow_prefixes.iter().any(|p| p.is_empty()) {
             return Err(SettingsError::EmptyPrefix);
         }
-        if a.guard_ttl < Duration::from_secs(1) || a.dedupe_ttl < Duration::from_secs(1) {
+        if c.guard_ttl < Duration::from_secs(1) || c.dedupe_ttl < Duration::from_secs(1) {
             return Err(SettingsError::TtlTooShort);
         }
-        if !a
+        if !r
             .redis_url
             .expose()
             .split(',')
             .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"))
         {
-            return Err(SettingsError::BadRedisUrl(a.redis_url));
+            return Err(SettingsError::BadRedisUrl(r.redis_url.clone()));
         }
-        let kafka = KafkaSettings {
-            brokers: a.kafka_brokers,
-            options: a.kafka_options,
-        };
         let redis = RedisSettings {
-            url: a.redis_url,
-            cluster: a.redis_cluster,
-            response_timeout: a.redis_timeout,
+            url: r.redis_url.clone(),
+            cluster: r.redis_cluster,
+            response_timeout: r.redis_timeout,
             ..RedisSettings::default()
         };
-        let mut s = ConsumerSettings::new(kafka, redis, &a.topic, &a.group);
-        s.create_topics = a.create_topics.then_some(TopicSpec {
-            partitions: a.partitions,
-            replication_factor: -1,
+        let mut s = ConsumerSettings::new(kafka, redis, &a.topic.topic, &a.group.group);
+        s.create_topics = a.create.create_topics.then_some(TopicSpec {
+            partitions: a.create.partitions,
+            replication_factor: a.create.replication_factor,
         });
         s.apply = ApplyOptions {
-            guard_ttl: a.guard_ttl,
-            dedupe_ttl: a.dedupe_ttl,
+            guard_ttl: c.guard_ttl,
+            dedupe_ttl: c.dedupe_ttl,
         };
         s.policy = KeyPolicy {
-            allow_prefixes: a.allow_prefixes,
+            allow_prefixes: c.allow_prefixes.clone(),
         };
-        s.max_retries = a.max_retries;
-        s.retry_max_delay = a.retry_max_delay;
-        s.retry_min_delay = s.retry_min_delay.min(a.retry_max_delay);
-        s.batch_size = usize::try_from(a.batch_size).unwrap_or(1000);
-        s.delivery_timeout = a.delivery_timeout;
-        s.metrics_addr = a.metrics_addr;
+        s.max_retries = c.max_retries;
+        s.retry_max_delay = c.retry_max_delay;
+        s.retry_min_delay = s.retry_min_delay.min(c.retry_max_delay);
+        s.batch_size = a.daemon.batch_size as usize;
+        s.delivery_timeout = a.daemon.delivery_timeout;
         Ok(s)
     }
 }
@@ -148,6 +149,8 @@ mod tests {
             "consume",
             "--redis-url",
             "redis://127.0.0.1:6379",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
         ];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("parses").command {
@@ -195,8 +198,14 @@ mod tests {
             parse(&["--guard-ttl", "10ms"]),
             Err(SettingsError::TtlTooShort)
         ));
-        let mut argv = vec!["invalidator", "consume", "--redis-url", "http://u:pw@h"];
-        argv.truncate(4);
+        let argv = vec![
+            "invalidator",
+            "consume",
+            "--kafka-brokers",
+            "b:9092",
+            "--redis-url",
+            "http://u:pw@h",
+        ];
         let Command::Consume(a) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
         };

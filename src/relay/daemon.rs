@@ -17,8 +17,12 @@ use super::publish::{self, RecordOutcome};
 use super::settings::{Failpoint, RelaySettings};
 use crate::db::{self, chain, ConnectError};
 use crate::kafka::KafkaSetupError;
+use crate::metrics::{self, RelayMetrics};
 use crate::outbox::{self, SchemaError, NOTIFY_CHANNEL};
-use crate::retry::Health;
+use crate::retry;
+
+/// Readiness and metrics of a running relay (served by [`crate::metrics::serve`]).
+pub type Health = metrics::Health<RelayMetrics>;
 
 /// Why the relay stopped (it only stops by itself for errors no retry can fix).
 #[derive(Debug, thiserror::Error)]
@@ -56,15 +60,27 @@ struct Batch {
     claimed: usize,
     buried: usize,
     max_id: i64,
+    /// `created_at` of the rows published, for the latency histogram.
+    created: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Runs the relay until `shutdown` is cancelled. Start-up checks (schema, topic) fail fast
 /// with a message saying what to do; after start-up every failure is retried.
-pub async fn run(settings: RelaySettings, shutdown: CancellationToken) -> Result<(), RelayError> {
+pub async fn run(
+    settings: RelaySettings,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
     let pool = pool(&settings)?;
     let Some(source) = startup(&settings, &pool, &shutdown).await? else {
         return Ok(()); // cancelled while waiting for the services
     };
+    health.set_ready(true);
+    tokio::spawn(sample_backlog(
+        settings.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let mut producer = publish::create_producer(&settings.kafka, settings.delivery_timeout)
         .map_err(RelayError::Producer)?;
 
@@ -81,15 +97,30 @@ pub async fn run(settings: RelaySettings, shutdown: CancellationToken) -> Result
     );
 
     let mut cursor = Cursor::new(settings.sweep_interval);
-    let mut pg = Health::new("postgres", settings.max_backoff);
-    let mut kafka = Health::new("kafka", settings.max_backoff);
+    let mut pg = retry::Health::new("postgres", settings.max_backoff);
+    let mut kafka = retry::Health::new("kafka", settings.max_backoff);
+    let stats = &health.stats;
     while !shutdown.is_cancelled() {
         let from = cursor.next_from(Instant::now());
-        let delay = match relay_batch(&settings, &pool, &producer, &source, from).await {
+        let started = Instant::now();
+        let outcome = relay_batch(&settings, &pool, &producer, &source, from).await;
+        health.set_ready(outcome.is_ok());
+        let delay = match outcome {
             Ok(batch) => {
                 pg.ok();
                 kafka.ok();
                 if batch.claimed > 0 {
+                    stats.batches.inc();
+                    stats
+                        .published
+                        .inc_by((batch.claimed - batch.buried) as u64);
+                    stats.dead.inc_by(batch.buried as u64);
+                    stats
+                        .batch_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    for created_at in &batch.created {
+                        stats.latency.observe(metrics::seconds_since(*created_at));
+                    }
                     cursor.claimed(Instant::now(), batch.max_id);
                     tracing::debug!(
                         rows = batch.claimed,
@@ -108,8 +139,12 @@ pub async fn run(settings: RelaySettings, shutdown: CancellationToken) -> Result
                 }
                 continue;
             }
-            Err(BatchError::Postgres(e)) => pg.failed(&e, false),
+            Err(BatchError::Postgres(e)) => {
+                stats.failed("postgres");
+                pg.failed(&e, false)
+            }
             Err(BatchError::Kafka(e)) => {
+                stats.failed("kafka");
                 if let Some(fatal) = publish::is_fatal(&producer) {
                     tracing::warn!(
                         error = fatal,
@@ -161,7 +196,7 @@ async fn startup(
     pool: &Pool,
     shutdown: &CancellationToken,
 ) -> Result<Option<String>, RelayError> {
-    let mut pg = Health::new("postgres", settings.max_backoff);
+    let mut pg = retry::Health::new("postgres", settings.max_backoff);
     let source = loop {
         let attempt = async {
             let client = db::connect(&settings.database_url).await?;
@@ -188,7 +223,7 @@ async fn startup(
     pg.ok();
     drop(pool.get().await.ok()); // warm the pool; errors surface in the loop
 
-    let mut kafka = Health::new("kafka", settings.max_backoff);
+    let mut kafka = retry::Health::new("kafka", settings.max_backoff);
     loop {
         match settings
             .kafka
@@ -276,13 +311,19 @@ async fn relay_batch(
         claimed: rows.len(),
         buried,
         max_id: rows.last().map_or(0, |r| r.id),
+        created: rows
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| !matches!(o, RecordOutcome::Rejected(_)))
+            .map(|(r, _)| r.created_at)
+            .collect(),
     })
 }
 
 /// Keeps one LISTEN connection (outside the pool: pooled connections drop notifications
 /// and are `UNLISTEN *`-ed on recycling) and wakes the loop on each notification.
 async fn listen(settings: RelaySettings, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut health = Health::new("postgres listener", settings.max_backoff);
+    let mut health = retry::Health::new("postgres listener", settings.max_backoff);
     while !shutdown.is_cancelled() {
         let config = match db::parse_config(&settings.database_url) {
             Ok(c) => c,
@@ -329,6 +370,33 @@ async fn listen(settings: RelaySettings, wake: Arc<Notify>, shutdown: Cancellati
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = &mut closed_rx => {}
+        }
+    }
+}
+
+/// Samples the outbox backlog and the age of its oldest row into the gauges every
+/// [`metrics::BACKLOG_SAMPLE`], on a connection of its own (a slow `count(*)` on a huge
+/// backlog must not hold a pool connection the batches need).
+async fn sample_backlog(settings: RelaySettings, health: Health, shutdown: CancellationToken) {
+    let mut client = None;
+    loop {
+        if client.is_none() {
+            client = db::connect(&settings.database_url).await.ok();
+        }
+        if let Some(c) = &client {
+            match outbox::backlog(c).await {
+                Ok(b) => {
+                    health.stats.backlog.set(b.rows);
+                    health.stats.oldest_age.set(b.oldest_age_seconds);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %chain(&e), "sampling the outbox backlog failed");
+                    client = None;
+                }
+            }
+        }
+        if sleep_or_cancel(metrics::BACKLOG_SAMPLE, &shutdown).await {
+            return;
         }
     }
 }

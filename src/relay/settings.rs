@@ -41,14 +41,10 @@ pub struct RelaySettings {
 /// A bad combination of flags, reported at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("--batch-size must be between 1 and 100000, got {0}")]
-    BatchSize(i64),
     #[error("--topic {0:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])")]
     Topic(String),
     #[error("--delivery-timeout must be at least 1s, got {0:?}")]
     DeliveryTimeout(Duration),
-    #[error("--partitions must be at least 1, got {0}")]
-    Partitions(i32),
     #[error("INVALIDATOR_FAILPOINT={0:?} is unknown (known: relay-before-commit)")]
     Failpoint(String),
     #[error(transparent)]
@@ -69,19 +65,21 @@ impl TryFrom<RelayArgs> for RelaySettings {
     type Error = SettingsError;
 
     fn try_from(a: RelayArgs) -> Result<Self, Self::Error> {
-        if !(1..=100_000).contains(&a.batch_size) {
-            return Err(SettingsError::BatchSize(a.batch_size));
+        let kafka = KafkaSettings::from_args(&a.kafka)?;
+        RelaySettings::build(a, kafka)
+    }
+}
+
+impl RelaySettings {
+    /// Validates everything but the brokers, which `run` may provide itself (embedded).
+    pub fn build(a: RelayArgs, kafka: KafkaSettings) -> Result<Self, SettingsError> {
+        if !valid_topic(&a.topic.topic) {
+            return Err(SettingsError::Topic(a.topic.topic));
         }
-        if !valid_topic(&a.topic) {
-            return Err(SettingsError::Topic(a.topic));
+        if a.daemon.delivery_timeout < Duration::from_secs(1) {
+            return Err(SettingsError::DeliveryTimeout(a.daemon.delivery_timeout));
         }
-        if a.delivery_timeout < Duration::from_secs(1) {
-            return Err(SettingsError::DeliveryTimeout(a.delivery_timeout));
-        }
-        if a.partitions < 1 {
-            return Err(SettingsError::Partitions(a.partitions));
-        }
-        kafka::check_options(&a.kafka.options)?;
+        kafka::check_options(&kafka.options)?;
         let failpoint = match std::env::var("INVALIDATOR_FAILPOINT").ok().as_deref() {
             None | Some("") => None,
             Some("relay-before-commit") => Some(Failpoint::RelayBeforeCommit),
@@ -89,22 +87,19 @@ impl TryFrom<RelayArgs> for RelaySettings {
         };
         Ok(RelaySettings {
             database_url: a.database.database_url,
-            kafka: KafkaSettings {
-                brokers: a.kafka.brokers,
-                options: a.kafka.options,
-            },
-            topic: a.topic,
-            batch_size: a.batch_size,
-            poll_interval: a.poll_interval.max(Duration::from_millis(1)),
-            sweep_interval: a.sweep_interval,
-            delivery_timeout: a.delivery_timeout,
-            source: a.source,
-            create_topics: a.create_topics.then_some(TopicSpec {
-                partitions: a.partitions,
-                replication_factor: a.replication_factor,
+            kafka,
+            topic: a.topic.topic,
+            batch_size: i64::from(a.daemon.batch_size),
+            poll_interval: a.relay.poll_interval.max(Duration::from_millis(1)),
+            sweep_interval: a.relay.sweep_interval,
+            delivery_timeout: a.daemon.delivery_timeout,
+            source: a.relay.source,
+            create_topics: a.create.create_topics.then_some(TopicSpec {
+                partitions: a.create.partitions,
+                replication_factor: a.create.replication_factor,
             }),
-            listen: !a.no_listen,
-            max_backoff: a.max_backoff,
+            listen: !a.relay.no_listen,
+            max_backoff: a.relay.max_backoff,
             failpoint,
         })
     }
