@@ -147,3 +147,61 @@ pub async fn run_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Outpu
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A database of the test's own with the migrations applied.
+pub async fn migrated_db() -> TestDb {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    invalidator::migrate::run(&mut c, &invalidator::migrate::Options::default())
+        .await
+        .expect("migrate");
+    db
+}
+
+/// A TCP port free right now on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// GET `path` over plain HTTP/1.1; the whole response (status line, headers, body). Empty if
+/// nothing listens.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// Parses the Prometheus text format into `series → value`, where a series is the metric
+/// name with its labels as written (`a_total`, `b_bucket{le="0.5"}`). Panics on a sample line
+/// that does not parse: a scrape that Prometheus could not read is a failure.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    let body = text.split_once("\r\n\r\n").map_or(text, |(_, b)| b);
+    let mut out = std::collections::HashMap::new();
+    for line in body.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("metric line without a value: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("metric value is not a number: {line:?}"));
+        out.insert(series.to_string(), value);
+    }
+    out
+}
