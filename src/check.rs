@@ -54,12 +54,12 @@ impl Report {
 /// Checks what `invalidator relay` needs. True when everything passed.
 pub async fn relay(args: RelayArgs) -> bool {
     let mut r = Report::default();
-    if let Some(s) = relay_config(&mut r, args.clone(), false) {
+    if let Some(s) = relay_config(&mut r, args, false) {
         postgres(&mut r, &s.database_url).await;
         topics(
             &mut r,
             &s.kafka,
-            &[s.topic.clone()],
+            std::slice::from_ref(&s.topic),
             s.create_topics.is_some(),
         )
         .await;

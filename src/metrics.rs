@@ -284,18 +284,10 @@ impl<M> Health<M> {
 }
 
 /// What the HTTP endpoint serves: a registry and the readiness of each daemon in the process.
+#[derive(Default)]
 pub struct Endpoint {
     registry: Registry,
     ready: Vec<(&'static str, Arc<AtomicBool>)>,
-}
-
-impl Default for Endpoint {
-    fn default() -> Self {
-        Endpoint {
-            registry: Registry::default(),
-            ready: Vec::new(),
-        }
-    }
 }
 
 impl Endpoint {

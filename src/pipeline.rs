@@ -16,7 +16,7 @@ pub enum PipelineError {
     #[error("the relay stopped")]
     Relay(#[source] RelayError),
     #[error("the consumer stopped")]
-    Consumer(#[source] ConsumeError),
+    Consumer(#[source] Box<ConsumeError>),
     #[error("starting the embedded Kafka broker failed")]
     Embedded(#[source] rdkafka::error::KafkaError),
 }
@@ -73,7 +73,7 @@ pub async fn run(
         async move {
             let r = consumer::run(consumer_settings, consumer_health, both.clone()).await;
             both.cancel();
-            r.map_err(PipelineError::Consumer)
+            r.map_err(|e| PipelineError::Consumer(Box::new(e)))
         }
     };
     // Separate tasks, so the two daemons use both cores.

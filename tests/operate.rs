@@ -379,7 +379,8 @@ async fn check_reaches_each_service_of_a_role() {
     let bare = TestDb::new().await;
     let missing = unique("ck_missing");
     let closed = format!("redis://127.0.0.1:{}", free_port());
-    let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>, String)> = vec![
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
         (
             "relay",
             vec!["--topic", &topic],
