@@ -253,11 +253,13 @@ async fn topics(r: &mut Report, kafka: &KafkaSettings, topics: &[String], create
             ),
         ),
         Ok(missing) => {
-            let e = KafkaSetupError::TopicMissing {
-                topic: missing.join(", "),
-                brokers: kafka.brokers.clone(),
-            };
-            r.line(Verdict::Fail, "kafka", e)
+            for topic in missing {
+                let e = KafkaSetupError::TopicMissing {
+                    topic,
+                    brokers: kafka.brokers.clone(),
+                };
+                r.line(Verdict::Fail, "kafka", e);
+            }
         }
         Err(e) => r.line(Verdict::Fail, "kafka", db::chain(&e)),
     }
