@@ -1,0 +1,303 @@
+//! What every scenario shares: the services, a scratch database, the daemons as real
+//! processes (so their memory can be read), percentiles and the report tables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+/// Where the services are, from the same variables the daemons read.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// Administrative connection string: scratch databases are created through it.
+    pub admin_url: String,
+    pub redis_url: String,
+    pub brokers: String,
+}
+
+impl Env {
+    pub fn from_env() -> Env {
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        Env {
+            admin_url: var("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+            redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
+            // The memory engine: latency and throughput runs never resume a consumer group.
+            brokers: var("KAFKA_BROKERS", "127.0.0.1:9093"),
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to PostgreSQL: {e}"));
+    tokio::spawn(conn);
+    c
+}
+
+/// A migrated database of the run's own, dropped when the value is dropped.
+pub struct ScratchDb {
+    pub url: String,
+    name: String,
+    admin: String,
+}
+
+impl ScratchDb {
+    pub async fn new(env: &Env, tag: &str) -> ScratchDb {
+        let name = format!("inv_bench_{tag}_{}", std::process::id());
+        let admin = connect(&env.admin_url).await;
+        // Two statements: neither may run inside the implicit transaction of a batch.
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("dropping a leftover scratch database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("creating the scratch database");
+        let base = env
+            .admin_url
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit_once('/'))
+            .map(|(b, _)| b.to_string())
+            .expect("DATABASE_URL is a URL with a database name");
+        let url = format!("{base}/{name}");
+        let mut c = connect(&url).await;
+        invalidator::migrate::run(&mut c, &Default::default())
+            .await
+            .expect("migrating the scratch database");
+        c.batch_execute(
+            "CREATE TABLE bench_items (id int PRIMARY KEY, v bigint NOT NULL DEFAULT 0);
+             INSERT INTO bench_items (id) SELECT generate_series(1, 10000);",
+        )
+        .await
+        .expect("creating bench_items");
+        ScratchDb {
+            url,
+            name,
+            admin: env.admin_url.clone(),
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        let (name, admin) = (self.name.clone(), self.admin.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let c = connect(&admin).await;
+                let _ = c
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The `invalidator` binary next to this one (same profile).
+pub fn invalidator_bin() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    let bin = me.with_file_name("invalidator");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --release --bins)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// A daemon (`invalidator relay|consume …`) running as a child process with /metrics.
+pub struct Daemon {
+    child: Child,
+    pub metrics: SocketAddr,
+    what: &'static str,
+}
+
+impl Daemon {
+    /// Starts it and waits until /readyz answers 200.
+    pub async fn start(what: &'static str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let metrics = free_addr();
+        let mut cmd = Command::new(invalidator_bin());
+        cmd.arg(what)
+            .args(args)
+            .args(["--metrics-addr", &metrics.to_string()])
+            .env_remove("INVALIDATOR_KAFKA_OPTIONS")
+            // librdkafka's CONFWARN for consumer-only -X options on the DLQ producer is noise here.
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting invalidator {what}: {e}"));
+        let d = Daemon {
+            child,
+            metrics,
+            what,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !http_get(metrics, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "invalidator {what} not ready within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        d
+    }
+
+    /// Peak resident set size so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    /// A counter or gauge from its /metrics.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let body = http_get(self.metrics, "/metrics").await;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(Ok(s)) if s.success() => {}
+            other => eprintln!("bench: invalidator {} stopped badly: {other:?}", self.what),
+        }
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// Creates `topics` on the brokers (memory engine by default).
+pub async fn create_topics(env: &Env, topics: &[String], partitions: i32) {
+    kafka(env)
+        .ensure_topics(
+            topics,
+            Some(invalidator::kafka::TopicSpec {
+                partitions,
+                replication_factor: 1,
+            }),
+        )
+        .await
+        .expect("creating bench topics");
+}
+
+pub fn kafka(env: &Env) -> invalidator::kafka::KafkaSettings {
+    invalidator::kafka::KafkaSettings {
+        brokers: env.brokers.clone(),
+        options: vec![],
+    }
+}
+
+/// A unique-enough name for this run's topics and keys.
+pub fn run_id() -> String {
+    format!(
+        "{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..6)
+            .unwrap_or("x")
+    )
+}
+
+/// Percentiles of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub n: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+pub fn percentiles(mut ms: Vec<f64>) -> Percentiles {
+    if ms.is_empty() {
+        return Percentiles::default();
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    Percentiles {
+        n: ms.len(),
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: ms[ms.len() - 1],
+    }
+}
+
+/// A Markdown table, printed as it is built.
+pub struct Table;
+
+impl Table {
+    pub fn start(title: &str, headers: &[&str]) -> Table {
+        println!("\n### {title}\n");
+        println!("| {} |", headers.join(" | "));
+        println!("|{}", " --- |".repeat(headers.len()));
+        Table
+    }
+
+    pub fn row(&self, cells: &[String]) {
+        println!("| {} |", cells.join(" | "));
+    }
+}
+
+pub fn rate(n: f64, elapsed: Duration) -> String {
+    format!("{:.0}", n / elapsed.as_secs_f64())
+}

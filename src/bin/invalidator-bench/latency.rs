@@ -1,0 +1,332 @@
+//! (b) End-to-end latency: writers commit application transactions with `invalidate()` at a
+//! fixed rate; each one's key is observed disappearing from Redis. Next to it, the broker's
+//! own floor: single records produced at the same rate and consumed, send → receive.
+//!
+//! How "key gone" is observed: every key is SET before the run, and this harness subscribes
+//! to Redis keyspace notifications for the run's keys (`notify-keyspace-events` gets `Kg`
+//! for the run, then its old value back). UNLINK inside the consumer's script publishes a
+//! `del` event on the key's channel at the moment Redis executes it, and Redis pushes it to
+//! the subscriber at once: the observation adds only Redis's push and one local read, well
+//! under a millisecond, and it needs nothing from invalidator's own clocks or metrics. The
+//! start is the instant the writer's COMMIT returned.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use crate::common::*;
+
+/// Concurrent writer connections; each commits at `rate / WRITERS` per second.
+const WRITERS: usize = 8;
+
+pub async fn run(env: &Env, rates: &[u64], seconds: u64, rss: &mut Vec<(String, f64)>) {
+    let t = Table::start(
+        &format!(
+            "(b) end-to-end latency, commit → key gone in Redis, {seconds} s per rate, broker {}",
+            env.brokers
+        ),
+        &[
+            "rate (events/s)",
+            "path",
+            "observed",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+        ],
+    );
+    for &rate in rates {
+        let floor = broker_floor(env, rate, seconds).await;
+        row(
+            &t,
+            rate,
+            "broker alone (produce → consume)",
+            floor,
+            rate * seconds,
+        );
+        for notify in [false, true] {
+            let (p, daemons) = pipeline(env, rate, seconds, notify).await;
+            let path = if notify {
+                "pipeline, enable_notify() on"
+            } else {
+                "pipeline, polling (10 ms)"
+            };
+            row(&t, rate, path, p, rate * seconds);
+            for (what, mib) in daemons {
+                rss.push((format!("{what}, {rate} events/s, {path}"), mib));
+            }
+        }
+    }
+}
+
+fn row(t: &Table, rate: u64, path: &str, p: Percentiles, expected: u64) {
+    t.row(&[
+        rate.to_string(),
+        path.to_string(),
+        format!("{}/{expected}", p.n),
+        format!("{:.1}", p.p50),
+        format!("{:.1}", p.p90),
+        format!("{:.1}", p.p99),
+        format!("{:.1}", p.max),
+    ]);
+}
+
+/// Sends one record per tick at `rate` and measures send → receive on a consumer that
+/// polls with `fetch.wait.max.ms=5` (tansu holds a fetch for the whole wait otherwise).
+async fn broker_floor(env: &Env, rate: u64, seconds: u64) -> Percentiles {
+    let topic = format!("bench_floor_{}", run_id());
+    create_topics(env, std::slice::from_ref(&topic), 6).await;
+    let k = kafka(env);
+    let consumer: StreamConsumer = k
+        .client_config(&[
+            ("fetch.wait.max.ms", "5"),
+            ("auto.offset.reset", "earliest"),
+        ])
+        .set("group.id", format!("{topic}_g"))
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let producer: FutureProducer = k
+        .client_config(&[("linger.ms", "0"), ("acks", "all")])
+        .create()
+        .expect("producer");
+    let epoch = Instant::now();
+    let total = rate * seconds;
+    let receiver = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(total as usize);
+        let mut stream = consumer.stream();
+        let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+        while (out.len() as u64) < total && Instant::now() < deadline {
+            let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await
+            else {
+                continue;
+            };
+            let sent_ns: u64 = m
+                .payload()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let now_ns = epoch.elapsed().as_nanos() as u64;
+            out.push((now_ns.saturating_sub(sent_ns)) as f64 / 1e6);
+        }
+        out
+    });
+    // Let the consumer join its group before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut deliveries = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        let payload = epoch.elapsed().as_nanos().to_string();
+        let key = i.to_string();
+        match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
+            Ok(d) => deliveries.push(d),
+            Err((e, _)) => panic!("producing: {e}"),
+        }
+    }
+    futures::future::join_all(deliveries).await;
+    percentiles(receiver.await.expect("receiver"))
+}
+
+/// The real pipeline: relay and consumer processes, writers at `rate`, Redis observed.
+/// Returns the latencies and the daemons' peak RSS.
+async fn pipeline(
+    env: &Env,
+    rate: u64,
+    seconds: u64,
+    notify: bool,
+) -> (Percentiles, Vec<(&'static str, f64)>) {
+    let db = ScratchDb::new(env, "latency").await;
+    let id = run_id();
+    let topic = format!("bench_lat_{id}");
+    create_topics(env, &[topic.clone(), format!("{topic}.dlq")], 6).await;
+    let total = rate * seconds;
+    let key = |i: u64| format!("benchlat:{id}:{i}");
+
+    // Every key exists first: UNLINK of a missing key publishes nothing.
+    let redis = redis::Client::open(env.redis_url.as_str()).expect("REDIS_URL");
+    let mut r = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for chunk in (0..total).collect::<Vec<_>>().chunks(10_000) {
+        let mut p = redis::pipe();
+        for i in chunk {
+            p.cmd("SET")
+                .arg(key(*i))
+                .arg(1)
+                .arg("EX")
+                .arg(3600)
+                .ignore();
+        }
+        let _: () = p.query_async(&mut r).await.expect("prefill");
+    }
+    let old: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut r)
+        .await
+        .expect("CONFIG GET");
+    let old = old.get(1).cloned().unwrap_or_default();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(format!("{old}Kg"))
+        .query_async(&mut r)
+        .await
+        .expect("CONFIG SET notify-keyspace-events");
+
+    let committed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let mut pubsub = redis.get_async_pubsub().await.expect("pubsub");
+    let db_index = env
+        .redis_url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.parse::<u32>().ok())
+        .unwrap_or(0);
+    pubsub
+        .psubscribe(format!("__keyspace@{db_index}__:benchlat:{id}:*"))
+        .await
+        .expect("PSUBSCRIBE");
+    let observer = {
+        let committed = committed.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(total as usize);
+            let mut stream = pubsub.on_message();
+            let mut early = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+            while (seen.len() as u64) < total && Instant::now() < deadline {
+                let Ok(Some(msg)) =
+                    tokio::time::timeout(Duration::from_secs(1), stream.next()).await
+                else {
+                    continue;
+                };
+                let now = Instant::now();
+                let channel = msg.get_channel_name().to_string();
+                let event: String = msg.get_payload().unwrap_or_default();
+                if event != "del" {
+                    continue;
+                }
+                let Some(i) = channel
+                    .rsplit(':')
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                match committed.lock().expect("lock").get(&i) {
+                    Some(at) => seen.push(now.duration_since(*at).as_secs_f64() * 1000.0),
+                    // Deleted before the writer recorded its commit: latency ~0; keep it.
+                    None => early.push(i),
+                }
+            }
+            seen.extend(early.iter().map(|_| 0.0));
+            seen
+        })
+    };
+
+    let c = db.client().await;
+    if notify {
+        c.batch_execute("SELECT invalidator.enable_notify()")
+            .await
+            .expect("enable_notify");
+    }
+    let relay = Daemon::start(
+        "relay",
+        &["--topic", &topic],
+        &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &env.brokers)],
+    )
+    .await;
+    let consumer = Daemon::start(
+        "consume",
+        &[
+            "--topic",
+            &topic,
+            "--group",
+            &format!("{topic}_g"),
+            "-X",
+            "fetch.wait.max.ms=5",
+        ],
+        &[
+            ("KAFKA_BROKERS", &env.brokers),
+            ("REDIS_URL", &env.redis_url),
+        ],
+    )
+    .await;
+    // The consumer has joined once /readyz is 200, but partitions are assigned a moment
+    // later: one warm-up event, not counted, proves the path is open.
+    c.execute(
+        "SELECT invalidator.invalidate(ARRAY[$1::text])",
+        &[&format!("benchlat:{id}:warmup")],
+    )
+    .await
+    .expect("warm-up");
+    while consumer
+        .metric("invalidator_consumer_events_applied_total")
+        .await
+        < 1.0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS as u64 {
+        let url = db.url.clone();
+        let committed = committed.clone();
+        let id = id.clone();
+        writers.push(tokio::spawn(async move {
+            let mut c = connect(&url).await;
+            let update = c
+                .prepare("UPDATE bench_items SET v = v + 1 WHERE id = $1")
+                .await
+                .expect("prepare");
+            let inv = c
+                .prepare("SELECT invalidator.invalidate(ARRAY[$1::text])")
+                .await
+                .expect("prepare");
+            let every = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut i = w;
+            while i < total {
+                tick.tick().await;
+                let tx = c.transaction().await.expect("begin");
+                tx.execute(&update, &[&((i % 10_000) as i32 + 1)])
+                    .await
+                    .expect("update");
+                tx.execute(&inv, &[&format!("benchlat:{id}:{i}")])
+                    .await
+                    .expect("invalidate");
+                tx.commit().await.expect("commit");
+                committed.lock().expect("lock").insert(i, Instant::now());
+                i += WRITERS as u64;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let latencies = observer.await.expect("observer");
+    let daemons = vec![
+        ("relay", relay.peak_rss_mib()),
+        ("consumer", consumer.peak_rss_mib()),
+    ];
+    relay.stop().await;
+    consumer.stop().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(old)
+        .query_async(&mut r)
+        .await
+        .expect("restoring notify-keyspace-events");
+    drop(c);
+    drop(db);
+    (percentiles(latencies), daemons)
+}

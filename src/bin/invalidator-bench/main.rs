@@ -1,0 +1,147 @@
+//! `invalidator-bench`: measures the pipeline against the limits it is held to, in one run,
+//! and prints Markdown tables (BENCHMARKS.md records a run). Scenarios (issue 6):
+//!
+//! - `relay`: (a) relay throughput next to the claim SQL alone and the broker's produce rate;
+//! - `latency`: (b) commit → key gone in Redis at fixed rates, next to the broker's own floor;
+//! - `consumer`: (c) keys/s applied next to redis-benchmark's pipelined DEL;
+//! - `notify`: (d) the application's commit rate with `enable_notify()` off and on;
+//! - `backlog`: (e) claim cost at growing backlogs and under a long-open transaction;
+//! - (f) peak RSS of the relay and consumer processes, from the scenarios that run them.
+//!
+//! It runs the `invalidator` binary next to it as real processes, against the services in
+//! DATABASE_URL (administrative: it creates and drops databases of its own), REDIS_URL and
+//! KAFKA_BROKERS (default: the memory-engine tansu on 127.0.0.1:9093). Build both in release:
+//!
+//! ```sh
+//! cargo build --release --bins && target/release/invalidator-bench            # everything
+//! target/release/invalidator-bench --scenarios latency --rates 1000            # one part
+//! target/release/invalidator-bench --smoke                                     # tiny sizes
+//! ```
+//!
+//! Never run as a test; `tests/bench_smoke.rs` runs `--smoke` only to prove it works.
+
+mod backlog;
+mod common;
+mod consumer;
+mod latency;
+mod notify;
+mod relay;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Benchmarks of the invalidator pipeline (issue 6). Prints Markdown tables on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "invalidator-bench")]
+struct Args {
+    /// Which scenarios to run: relay, latency, consumer, notify, backlog (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "relay,latency,consumer,notify,backlog"
+    )]
+    scenarios: Vec<String>,
+    /// (a) rows preloaded per relay run.
+    #[arg(long, default_value_t = 50_000)]
+    rows: i64,
+    /// (a) relay batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    batches: Vec<i64>,
+    /// (b) event rates, per second.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u64>,
+    /// (b) seconds of writing per rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// (c) events drained by the consumer.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// (d) concurrent writers.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    writers: Vec<usize>,
+    /// (d) seconds per cell.
+    #[arg(long, default_value_t = 5)]
+    notify_seconds: u64,
+    /// (e) backlog sizes.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    backlogs: Vec<i64>,
+    /// (e) how long the other session's transaction stays open.
+    #[arg(long, default_value_t = 60)]
+    hold_seconds: u64,
+    /// (e) events per second written meanwhile.
+    #[arg(long, default_value_t = 5000)]
+    hold_rate: u64,
+    /// Tiny sizes everywhere: proves the harness works, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let mut a = Args::parse();
+    if a.smoke {
+        a.rows = 500;
+        a.batches = vec![100];
+        a.rates = vec![100];
+        a.seconds = 1;
+        a.keys = 500;
+        a.writers = vec![1, 2];
+        a.notify_seconds = 1;
+        a.backlogs = vec![1000, 2000];
+        a.hold_seconds = 3;
+        a.hold_rate = 500;
+    }
+    let env = common::Env::from_env();
+    let wants = |s: &str| a.scenarios.iter().any(|x| x == s);
+    println!("# invalidator-bench");
+    println!(
+        "\nmachine: {} cores, {}; services: PostgreSQL {}, Redis {}, Kafka {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory(),
+        invalidator::redact::redact(&env.admin_url),
+        invalidator::redact::redact(&env.redis_url),
+        env.brokers
+    );
+    let mut rss: Vec<(String, f64)> = Vec::new();
+    if wants("relay") {
+        relay::run(&env, a.rows, &a.batches, &mut rss).await;
+    }
+    if wants("latency") {
+        latency::run(&env, &a.rates, a.seconds, &mut rss).await;
+    }
+    if wants("consumer") {
+        consumer::run(&env, a.keys, &mut rss).await;
+    }
+    if wants("notify") {
+        notify::run(&env, &a.writers, a.notify_seconds).await;
+    }
+    if wants("backlog") {
+        backlog::run(
+            &env,
+            &a.backlogs,
+            Duration::from_secs(a.hold_seconds),
+            a.hold_rate,
+        )
+        .await;
+    }
+    if !rss.is_empty() {
+        let t = common::Table::start(
+            "(f) peak RSS of the daemon processes (VmHWM)",
+            &["process, load", "MiB"],
+        );
+        for (what, mib) in rss {
+            t.row(&[what, format!("{mib:.1}")]);
+        }
+    }
+}
+
+fn memory() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kb: f64 = m.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.0} GiB RAM", kb / 1024.0 / 1024.0))
+        })
+        .unwrap_or_else(|| "RAM unknown".into())
+}

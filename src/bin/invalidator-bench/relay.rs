@@ -1,0 +1,151 @@
+//! (a) Relay throughput next to its two limits, and (f) the relay's peak memory: N preloaded
+//! rows drained by the relay process (rows/s), the same claim/delete SQL alone with no Kafka,
+//! and the broker's own produce rate from one librdkafka client with the relay's settings.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::producer::FutureRecord;
+
+use crate::common::*;
+
+pub async fn run(env: &Env, rows: i64, batches: &[i64], rss: &mut Vec<(String, f64)>) {
+    let db = ScratchDb::new(env, "relay").await;
+    let mut c = db.client().await;
+    let t = Table::start(
+        &format!(
+            "(a) relay throughput: {rows} preloaded one-key rows, broker {}",
+            env.brokers
+        ),
+        &[
+            "batch size",
+            "claim/delete SQL alone (rows/s)",
+            "relay to Kafka (rows/s)",
+            "relay / SQL",
+        ],
+    );
+    let mut best_relay = 0f64;
+    let mut best_sql = 0f64;
+    for &batch in batches {
+        preload(&c, rows, true).await;
+        let started = Instant::now();
+        loop {
+            let tx = c.transaction().await.expect("begin");
+            let n = tx
+                .execute(
+                    "WITH batch AS (SELECT id FROM invalidator.outbox WHERE id >= 0 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     DELETE FROM invalidator.outbox o USING batch WHERE o.id = batch.id
+                     RETURNING o.id, o.event_id, o.created_at, o.topic, o.partition_key, o.op, o.keys, o.headers",
+                    &[&batch],
+                )
+                .await
+                .expect("claim");
+            tx.commit().await.expect("commit");
+            if n == 0 {
+                break;
+            }
+        }
+        let sql = rows as f64 / started.elapsed().as_secs_f64();
+
+        let topic = format!("bench_relay_{}_{batch}", run_id());
+        create_topics(env, std::slice::from_ref(&topic), 6).await;
+        let relay = Daemon::start(
+            "relay",
+            &[
+                "--topic",
+                &topic,
+                "--batch-size",
+                &batch.to_string(),
+                "--no-listen",
+            ],
+            &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &env.brokers)],
+        )
+        .await;
+        // One row first: the producer's first delivery pays the idempotence handshake.
+        preload(&c, 1, false).await;
+        while relay.metric("invalidator_relay_published_total").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Timed from the preload's COMMIT: its rows become visible to the relay all at once.
+        preload(&c, rows, false).await;
+        let started = Instant::now();
+        while relay.metric("invalidator_relay_published_total").await < (rows + 1) as f64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let relay_rate = rows as f64 / started.elapsed().as_secs_f64();
+        rss.push((
+            format!("relay, drain at batch {batch}"),
+            relay.peak_rss_mib(),
+        ));
+        relay.stop().await;
+        best_relay = best_relay.max(relay_rate);
+        best_sql = best_sql.max(sql);
+        t.row(&[
+            batch.to_string(),
+            format!("{sql:.0}"),
+            format!("{relay_rate:.0}"),
+            format!("{:.2}", relay_rate / sql),
+        ]);
+    }
+
+    // The broker's own rate from one client: the relay's producer settings, records like its.
+    let topic = format!("bench_produce_{}", run_id());
+    create_topics(env, std::slice::from_ref(&topic), 6).await;
+    let producer = invalidator::relay::create_producer(&kafka(env), Duration::from_secs(30))
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(&topic).key("warm-up").payload("{}"),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("warm-up record");
+    let value = br#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"delete","keys":["product:12345"],"created_at":"2026-11-23T06:00:00.123456Z","source":"bench"}"#;
+    let started = Instant::now();
+    let mut sent = 0i64;
+    while sent < rows {
+        let chunk = (rows - sent).min(5000);
+        let keys: Vec<String> = (sent..sent + chunk)
+            .map(|i| format!("product:{i}"))
+            .collect();
+        let deliveries: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                producer
+                    .send_result(FutureRecord::to(&topic).key(k).payload(&value[..]))
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue")
+            })
+            .collect();
+        for d in join_all(deliveries).await {
+            d.expect("delivery report")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+        sent += chunk;
+    }
+    let broker = rows as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "\nbroker produce, one librdkafka client (the relay's settings): {broker:.0} records/s\n\
+         best relay {best_relay:.0} rows/s = {:.2} x min(SQL alone {best_sql:.0}, broker {broker:.0}) (target >= 0.8)",
+        best_relay / best_sql.min(broker)
+    );
+    drop(c);
+    drop(db);
+}
+
+async fn preload(c: &tokio_postgres::Client, n: i64, vacuum: bool) {
+    c.execute(
+        "INSERT INTO invalidator.outbox (partition_key, op, keys)
+         SELECT 'product:' || i, 'delete', ARRAY['product:' || i] FROM generate_series(1, $1::bigint) i",
+        &[&n],
+    )
+    .await
+    .expect("preload");
+    if vacuum {
+        c.batch_execute("VACUUM ANALYZE invalidator.outbox")
+            .await
+            .expect("vacuum");
+    }
+}

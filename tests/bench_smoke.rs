@@ -1,0 +1,44 @@
+//! The benchmark harness runs end to end with tiny sizes (`--smoke`). It measures nothing
+//! here: this only proves every scenario still works, so `BENCHMARKS.md` can be reproduced.
+
+mod common;
+
+#[tokio::test]
+/// `invalidator-bench --smoke` exits 0 and prints every scenario's table, and the latency
+/// scenario observed every event it wrote (the pipeline lost none).
+async fn bench_smoke_runs_every_scenario() {
+    let brokers = common::kafka::fast_brokers();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_invalidator-bench"))
+        .arg("--smoke")
+        .env("KAFKA_BROKERS", &brokers)
+        .env_remove("INVALIDATOR_KAFKA_OPTIONS")
+        .output()
+        .await
+        .expect("running invalidator-bench");
+    let stdout = common::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        common::text(&out.stderr)
+    );
+    for heading in [
+        "### (a) relay throughput",
+        "### (b) end-to-end latency",
+        "### (c) consumer throughput",
+        "### (d) application commit rate",
+        "### (e) claim cost vs backlog",
+        "### (e) claims while a transaction stays open",
+        "### (f) peak RSS",
+    ] {
+        assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
+    }
+    let latency_rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 100 | pipeline") || l.starts_with("| 100 | broker alone"))
+        .collect();
+    assert_eq!(latency_rows.len(), 3, "{stdout}");
+    for row in latency_rows {
+        assert!(row.contains("| 100/100 |"), "every event observed: {row}");
+    }
+}
