@@ -212,6 +212,11 @@ pub struct RelayTuning {
     /// Longest wait between retries while PostgreSQL or Kafka is unavailable.
     #[arg(long, env = "INVALIDATOR_MAX_BACKOFF", default_value = "10s", value_parser = parse_duration)]
     pub max_backoff: Duration,
+
+    /// Batches one relay keeps in flight while the outbox has a backlog (each its own
+    /// transaction and connection); idle, one batch loop polls.
+    #[arg(long, env = "INVALIDATOR_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub in_flight: u32,
 }
 
 /// Where Redis is.

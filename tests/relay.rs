@@ -52,6 +52,7 @@ fn settings(db: &TestDb, brokers: &str, topic: &str) -> RelaySettings {
         create_topics: None,
         listen: true,
         max_backoff: Duration::from_millis(500),
+        in_flight: 4,
         failpoint: None,
     }
 }

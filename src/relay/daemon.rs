@@ -2,7 +2,7 @@
 //! acknowledgement, bury the never-deliverable, COMMIT. Any failure before COMMIT drops the
 //! transaction, which rolls back, so the rows are claimed again (at-least-once).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -81,7 +81,7 @@ pub async fn run(
         health.clone(),
         shutdown.clone(),
     ));
-    let mut producer = publish::create_producer(&settings.kafka, settings.delivery_timeout)
+    let producer = publish::create_producer(&settings.kafka, settings.delivery_timeout)
         .map_err(RelayError::Producer)?;
 
     let wake = Arc::new(Notify::new());
@@ -91,24 +91,105 @@ pub async fn run(
     tracing::info!(
         topic = settings.topic,
         batch_size = settings.batch_size,
+        in_flight = settings.in_flight,
         poll_interval_ms = settings.poll_interval.as_millis() as u64,
         source,
         "relay started"
     );
 
-    let mut cursor = Cursor::new(settings.sweep_interval);
-    let mut pg = retry::Health::new("postgres", settings.max_backoff);
-    let mut kafka = retry::Health::new("kafka", settings.max_backoff);
-    let stats = &health.stats;
-    while !shutdown.is_cancelled() {
-        let from = cursor.next_from(Instant::now());
+    let shared = Arc::new(Shared {
+        cursor: Mutex::new(Cursor::new(settings.sweep_interval)),
+        producer: Mutex::new(producer),
+        pg: Mutex::new(retry::Health::new("postgres", settings.max_backoff)),
+        kafka: Mutex::new(retry::Health::new("kafka", settings.max_backoff)),
+        busy: tokio::sync::watch::channel(false).0,
+        settings,
+        pool,
+        source,
+        health,
+        wake,
+        shutdown,
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for index in 0..shared.settings.in_flight {
+        workers.spawn(worker(shared.clone(), index));
+    }
+    let mut result = Ok(());
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // A worker that cannot go on (the producer cannot be recreated): stop them all.
+                shared.shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    // Nothing is in flight between batches; flush anyway so librdkafka's queue is empty.
+    let producer = lock(&shared.producer).clone();
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    if let Ok(Err(e)) = flushed {
+        tracing::warn!(error = %e, "flushing the producer at shutdown failed");
+    }
+    tracing::info!("relay stopped");
+    result
+}
+
+/// What the batch workers of one relay share.
+struct Shared {
+    settings: RelaySettings,
+    pool: Pool,
+    source: String,
+    health: Health,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    /// Where claims start; one cursor, so only one worker sweeps at a time.
+    cursor: Mutex<Cursor>,
+    /// Replaced when it hits a fatal error; workers clone it (an `Arc` inside) per batch.
+    producer: Mutex<FutureProducer>,
+    /// Once-per-state-change logging of each dependency, shared so N workers log once.
+    pg: Mutex<retry::Health>,
+    kafka: Mutex<retry::Health>,
+    /// True while batches come back full: the extra workers run only then.
+    busy: tokio::sync::watch::Sender<bool>,
+}
+
+/// Locks a mutex that no holder can leave poisoned (no code panics while holding one).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One batch loop. Worker 0 always runs and polls; the others (`--in-flight` − 1) join in
+/// only while batches come back full, so a backlog is drained with several batches in
+/// flight (each claim overlapping the others' broker round trips) while an idle relay still
+/// sends one empty probe per poll interval. Each batch is its own transaction on its own
+/// connection; SKIP LOCKED keeps their rows apart.
+async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
+    let s = &*shared;
+    let settings = &s.settings;
+    let stats = &s.health.stats;
+    let mut busy = s.busy.subscribe();
+    while !s.shutdown.is_cancelled() {
+        if index > 0 {
+            tokio::select! {
+                biased;
+                _ = s.shutdown.cancelled() => break,
+                r = busy.wait_for(|b| *b) => if r.is_err() { break },
+            }
+        }
+        let from = lock(&s.cursor).next_from(Instant::now());
+        let producer = lock(&s.producer).clone();
         let started = Instant::now();
-        let outcome = relay_batch(&settings, &pool, &producer, &source, from).await;
-        health.set_ready(outcome.is_ok());
+        let outcome = relay_batch(settings, &s.pool, &producer, &s.source, from).await;
+        s.health.set_ready(outcome.is_ok());
         let delay = match outcome {
             Ok(batch) => {
-                pg.ok();
-                kafka.ok();
+                lock(&s.pg).ok();
+                lock(&s.kafka).ok();
                 if batch.claimed > 0 {
                     stats.batches.inc();
                     stats
@@ -121,54 +202,55 @@ pub async fn run(
                     for created_at in &batch.created {
                         stats.latency.observe(metrics::seconds_since(*created_at));
                     }
-                    cursor.claimed(Instant::now(), batch.max_id);
+                    lock(&s.cursor).claimed(Instant::now(), batch.max_id);
                     tracing::debug!(
+                        worker = index,
                         rows = batch.claimed,
                         buried = batch.buried,
                         "batch committed"
                     );
                 }
-                if batch.claimed as i64 >= settings.batch_size {
-                    continue; // a full batch: there is probably more, poll again at once
+                let full = batch.claimed as i64 >= settings.batch_size;
+                s.busy
+                    .send_if_modified(|b| std::mem::replace(b, full) != full);
+                if full || index > 0 {
+                    continue; // a full batch: there is probably more, claim again at once
                 }
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break,
-                    _ = wake.notified() => {}
+                    _ = s.shutdown.cancelled() => break,
+                    _ = s.wake.notified() => {}
                     _ = tokio::time::sleep(settings.poll_interval) => {}
                 }
                 continue;
             }
             Err(BatchError::Postgres(e)) => {
                 stats.failed("postgres");
-                pg.failed(&e, false)
+                lock(&s.pg).failed(&e, false)
             }
             Err(BatchError::Kafka(e)) => {
                 stats.failed("kafka");
-                if let Some(fatal) = publish::is_fatal(&producer) {
+                let mut current = lock(&s.producer);
+                if let Some(fatal) = publish::is_fatal(&current) {
                     tracing::warn!(
                         error = fatal,
                         "kafka producer hit a fatal error, recreating it"
                     );
-                    producer = publish::create_producer(&settings.kafka, settings.delivery_timeout)
+                    *current = publish::create_producer(&settings.kafka, settings.delivery_timeout)
                         .map_err(RelayError::Producer)?;
                 }
-                kafka.failed(&chain(&e), false)
+                drop(current);
+                lock(&s.kafka).failed(&chain(&e), false)
             }
         };
+        // After a failure only worker 0 retries; the others wait for a full batch again.
+        s.busy.send_if_modified(|b| std::mem::replace(b, false));
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = s.shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
-
-    // Nothing is in flight between batches; flush anyway so librdkafka's queue is empty.
-    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-    if let Ok(Err(e)) = flushed {
-        tracing::warn!(error = %e, "flushing the producer at shutdown failed");
-    }
-    tracing::info!("relay stopped");
     Ok(())
 }
 
@@ -181,8 +263,9 @@ fn pool(settings: &RelaySettings) -> Result<Pool, RelayError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // One connection per batch in flight, and one for start-up checks.
     Pool::builder(manager)
-        .max_size(2)
+        .max_size(settings.in_flight + 1)
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(Duration::from_secs(10)))
         .build()

@@ -35,6 +35,8 @@ pub struct RelaySettings {
     pub listen: bool,
     /// Cap of the retry backoff.
     pub max_backoff: Duration,
+    /// Batches in flight while there is a backlog (`--in-flight`).
+    pub in_flight: usize,
     pub failpoint: Option<Failpoint>,
 }
 
@@ -100,6 +102,7 @@ impl RelaySettings {
             }),
             listen: !a.relay.no_listen,
             max_backoff: a.relay.max_backoff,
+            in_flight: a.relay.in_flight as usize,
             failpoint,
         })
     }

@@ -48,6 +48,9 @@ struct Args {
     /// (a) relay batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     batches: Vec<i64>,
+    /// (a) relay `--in-flight` values.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    in_flight: Vec<u32>,
     /// (b) event rates, per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u64>,
@@ -105,7 +108,7 @@ async fn main() {
     );
     let mut rss: Vec<(String, f64)> = Vec::new();
     if wants("relay") {
-        relay::run(&env, a.rows, &a.batches, &mut rss).await;
+        relay::run(&env, a.rows, &a.batches, &a.in_flight, &mut rss).await;
     }
     if wants("latency") {
         latency::run(&env, &a.rates, a.seconds, &mut rss).await;

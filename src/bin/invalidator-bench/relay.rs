@@ -9,7 +9,13 @@ use rdkafka::producer::FutureRecord;
 
 use crate::common::*;
 
-pub async fn run(env: &Env, rows: i64, batches: &[i64], rss: &mut Vec<(String, f64)>) {
+pub async fn run(
+    env: &Env,
+    rows: i64,
+    batches: &[i64],
+    in_flights: &[u32],
+    rss: &mut Vec<(String, f64)>,
+) {
     let db = ScratchDb::new(env, "relay").await;
     let mut c = db.client().await;
     let t = Table::start(
@@ -47,45 +53,50 @@ pub async fn run(env: &Env, rows: i64, batches: &[i64], rss: &mut Vec<(String, f
         }
         let sql = rows as f64 / started.elapsed().as_secs_f64();
 
-        let topic = format!("bench_relay_{}_{batch}", run_id());
-        create_topics(env, std::slice::from_ref(&topic), 6).await;
-        let relay = Daemon::start(
-            "relay",
-            &[
-                "--topic",
-                &topic,
-                "--batch-size",
-                &batch.to_string(),
-                "--no-listen",
-            ],
-            &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &env.brokers)],
-        )
-        .await;
-        // One row first: the producer's first delivery pays the idempotence handshake.
-        preload(&c, 1, false).await;
-        while relay.metric("invalidator_relay_published_total").await < 1.0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        for &in_flight in in_flights {
+            let topic = format!("bench_relay_{}_{batch}_{in_flight}", run_id());
+            create_topics(env, std::slice::from_ref(&topic), 6).await;
+            let relay = Daemon::start(
+                "relay",
+                &[
+                    "--topic",
+                    &topic,
+                    "--batch-size",
+                    &batch.to_string(),
+                    "--in-flight",
+                    &in_flight.to_string(),
+                    "--no-listen",
+                ],
+                &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &env.brokers)],
+            )
+            .await;
+            // One row first: the producer's first delivery pays the idempotence handshake.
+            preload(&c, 1, false).await;
+            while relay.metric("invalidator_relay_published_total").await < 1.0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Timed from the preload's COMMIT: its rows become visible to the relay at once.
+            preload(&c, rows, false).await;
+            let started = Instant::now();
+            while relay.metric("invalidator_relay_published_total").await < (rows + 1) as f64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let relay_rate = rows as f64 / started.elapsed().as_secs_f64();
+            rss.push((
+                format!("relay, drain at batch {batch}, {in_flight} in flight"),
+                relay.peak_rss_mib(),
+            ));
+            relay.stop().await;
+            best_relay = best_relay.max(relay_rate);
+            t.row(&[
+                batch.to_string(),
+                format!("{sql:.0}"),
+                in_flight.to_string(),
+                format!("{relay_rate:.0}"),
+                format!("{:.2}", relay_rate / sql),
+            ]);
         }
-        // Timed from the preload's COMMIT: its rows become visible to the relay all at once.
-        preload(&c, rows, false).await;
-        let started = Instant::now();
-        while relay.metric("invalidator_relay_published_total").await < (rows + 1) as f64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let relay_rate = rows as f64 / started.elapsed().as_secs_f64();
-        rss.push((
-            format!("relay, drain at batch {batch}"),
-            relay.peak_rss_mib(),
-        ));
-        relay.stop().await;
-        best_relay = best_relay.max(relay_rate);
         best_sql = best_sql.max(sql);
-        t.row(&[
-            batch.to_string(),
-            format!("{sql:.0}"),
-            format!("{relay_rate:.0}"),
-            format!("{:.2}", relay_rate / sql),
-        ]);
     }
 
     // The broker's own rate from one client: the relay's producer settings, records like its.
