@@ -26,6 +26,7 @@ pub async fn run(
         &[
             "batch size",
             "claim/delete SQL alone (rows/s)",
+            "in flight",
             "relay to Kafka (rows/s)",
             "relay / SQL",
         ],
