@@ -171,7 +171,7 @@ async fn lists_and_filters_dead_lettered_records() {
     assert_eq!(exact[0]["source"], target["source"]);
     let same_partition = all
         .iter()
-        .filter(|r| r["source_partition"].to_string() == sp)
+        .filter(|r| r["source_partition"] == target["source_partition"])
         .count();
     assert_eq!(
         n(list_json(&topic, &["--partition", &sp]).await),

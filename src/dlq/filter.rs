@@ -90,12 +90,12 @@ impl Filter {
             return false;
         }
         if let Some(since) = self.since {
-            if !r.failed_at.is_some_and(|t| t >= since) {
+            if r.failed_at.is_none_or(|t| t < since) {
                 return false;
             }
         }
         if let Some(until) = self.until {
-            if !r.failed_at.is_some_and(|t| t < until) {
+            if r.failed_at.is_none_or(|t| t >= until) {
                 return false;
             }
         }
@@ -106,12 +106,12 @@ impl Filter {
             return false;
         }
         if let Some(from) = self.from_offset {
-            if !r.source_offset.is_some_and(|o| o >= from) {
+            if r.source_offset.is_none_or(|o| o < from) {
                 return false;
             }
         }
         if let Some(to) = self.to_offset {
-            if !r.source_offset.is_some_and(|o| o <= to) {
+            if r.source_offset.is_none_or(|o| o > to) {
                 return false;
             }
         }
