@@ -50,11 +50,8 @@ pub async fn replay(args: DlqReplayArgs, shutdown: CancellationToken) -> Result<
     if args.group.group.trim().is_empty() {
         return Err(DlqError::InvalidArgs("--group must not be empty".into()));
     }
-    if args.json && !args.dry_run {
-        return Err(DlqError::InvalidArgs(
-            "--json only applies with --dry-run (a replay prints progress, not records)".into(),
-        ));
-    }
+    // --json without --dry-run is ignored rather than refused: INVALIDATOR_JSON is shared
+    // with `dlq list` and `status`, and may be set in the environment for them.
     if args.delivery_timeout < Duration::from_millis(1) {
         return Err(DlqError::InvalidArgs(
             "--delivery-timeout must be at least 1ms".into(),
