@@ -369,11 +369,13 @@ pub struct DlqFilterArgs {
     pub reason: Vec<DlqReason>,
 
     /// Only records that failed at or after this time: RFC 3339 (`2026-11-23T06:00:00Z`) or
-    /// a duration ago (`90m`, `2h`).
+    /// a duration ago (`90m`, `2h`). A duration ago is resolved when the command starts, so
+    /// a replay given one remembers its progress under a new group on every run: use an
+    /// RFC 3339 time for a replay you may have to resume.
     #[arg(long, env = "INVALIDATOR_DLQ_SINCE", value_parser = parse_time)]
     pub since: Option<DateTime<Utc>>,
 
-    /// Only records that failed before this time: RFC 3339 or a duration ago.
+    /// Only records that failed before this time: RFC 3339 or a duration ago (see --since).
     #[arg(long, env = "INVALIDATOR_DLQ_UNTIL", value_parser = parse_time)]
     pub until: Option<DateTime<Utc>>,
 
@@ -385,15 +387,17 @@ pub struct DlqFilterArgs {
     #[arg(long, env = "INVALIDATOR_DLQ_PARTITION")]
     pub partition: Option<i32>,
 
-    /// Only records whose source offset is at least this (use with --partition).
+    /// Only records whose source offset is at least this. Meant for use with --partition;
+    /// without it, the range applies to the offsets of every source partition.
     #[arg(long, env = "INVALIDATOR_DLQ_FROM_OFFSET")]
     pub from_offset: Option<i64>,
 
-    /// Only records whose source offset is at most this (use with --partition).
+    /// Only records whose source offset is at most this (inclusive; see --from-offset).
     #[arg(long, env = "INVALIDATOR_DLQ_TO_OFFSET")]
     pub to_offset: Option<i64>,
 
-    /// Stop after this many matching records.
+    /// Stop after this many matching records. A replay run again with the same filters
+    /// continues after them (the limit is per run, not part of the replay's group name).
     #[arg(long, env = "INVALIDATOR_DLQ_LIMIT")]
     pub limit: Option<u64>,
 }
