@@ -1,7 +1,7 @@
 //! The wire format of DESIGN §4: the JSON value of a Kafka record, and header names.
 //! Pure: no I/O, so the relay, the consumer, the DLQ tools and the fuzzer share it.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -68,8 +68,37 @@ pub struct Event {
 impl Event {
     /// The record value: compact JSON.
     pub fn encode(&self) -> Vec<u8> {
+        EventRef {
+            v: self.v,
+            event_id: self.event_id,
+            op: self.op,
+            keys: &self.keys,
+            created_at: self.created_at,
+            source: self.source.as_deref(),
+        }
+        .encode()
+    }
+}
+
+/// An [`Event`] that borrows its keys and source: what the relay encodes, without copying
+/// them. The one place the JSON layout is written.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EventRef<'a> {
+    pub v: u64,
+    pub event_id: Uuid,
+    pub op: Op,
+    pub keys: &'a [String],
+    #[serde(with = "micros")]
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'a str>,
+}
+
+impl EventRef<'_> {
+    /// The record value: compact JSON.
+    pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self)
-            .expect("an Event always serializes: plain strings, numbers and a uuid")
+            .expect("an event always serializes: plain strings, numbers and a uuid")
     }
 }
 
@@ -154,8 +183,9 @@ mod micros {
     use super::*;
     use serde::{Deserializer, Serializer};
 
+    /// RFC 3339 in UTC with microseconds, written straight into the output (no String).
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {

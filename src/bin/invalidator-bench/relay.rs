@@ -38,13 +38,9 @@ pub async fn run(
         let started = Instant::now();
         loop {
             let tx = c.transaction().await.expect("begin");
+            // The relay's own statement, from the first id, one transaction per batch.
             let n = tx
-                .execute(
-                    "WITH batch AS (SELECT id FROM invalidator.outbox WHERE id >= 0 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-                     DELETE FROM invalidator.outbox o USING batch WHERE o.id = batch.id
-                     RETURNING o.id, o.event_id, o.created_at, o.topic, o.partition_key, o.op, o.keys, o.headers",
-                    &[&batch],
-                )
+                .execute(invalidator::outbox::CLAIM, &[&batch, &0i64])
                 .await
                 .expect("claim");
             tx.commit().await.expect("commit");
