@@ -198,8 +198,8 @@ mod tests {
             "977517"
         );
         assert_eq!(
-            parse_redis_benchmark("\rDEL x: rps=0\rDEL x: 12.5 requests per second\n"),
-            "13"
+            parse_redis_benchmark("\rDEL x: rps=0\rDEL x: 12.4 requests per second\n"),
+            "12"
         );
         assert_eq!(
             host_port("redis://:pw@h:6380/2"),
