@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{bin, eventually, http_get, migrated_db, unique, TestDb};
-use consumer_support::{brokers, committed, create_topics, record_count, redis, redis_url};
+use consumer_support::{brokers, committed, create_topics, record_count, redis_url};
 use invalidator::cache::{ApplyOptions, Cache, RedisSettings};
 use invalidator::redact::Redacted;
 use rand::Rng;
@@ -125,6 +125,18 @@ fn plain_key(prefix: &str, id: i64) -> String {
     format!("{prefix}:p:product:{id}")
 }
 
+/// A connection to the shared Redis that waits up to 10 s for a reply: other tests use the
+/// same server, and redis-rs's default (0.5 s) failed a run here when it stalled.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connecting to Redis")
+}
+
 async fn select_row(c: &tokio_postgres::Client, id: i64) -> String {
     let row = c
         .query_one("SELECT price, version FROM products WHERE id = $1", &[&id])
@@ -191,7 +203,7 @@ async fn writer(
 /// One guarded reader: GET; on a miss, guard → SELECT → pause → fill if the guard is unchanged.
 async fn guarded_reader(db: &TestDb, load: Load, prefix: String, stats: Arc<Reads>) {
     let c = db.client().await;
-    let mut r = redis(&redis_url()).await;
+    let mut r = redis().await;
     let mut cache = Cache::connect(
         &RedisSettings {
             url: Redacted::new(redis_url()),
@@ -224,7 +236,7 @@ async fn guarded_reader(db: &TestDb, load: Load, prefix: String, stats: Arc<Read
 /// One plain reader: GET; on a miss, SELECT → pause → SET EX.
 async fn plain_reader(db: &TestDb, load: Load, prefix: String, stats: Arc<Reads>) {
     let c = db.client().await;
-    let mut r = redis(&redis_url()).await;
+    let mut r = redis().await;
     while stats.reads.fetch_add(1, Ordering::Relaxed) < load.reads {
         let id = rand::rng().random_range(1..=load.rows);
         let key = plain_key(&prefix, id);
@@ -287,7 +299,7 @@ async fn compare(
     stale_guarded: &mut HashSet<(String, String)>,
     stale_plain: &mut HashSet<(String, String)>,
 ) -> u64 {
-    let mut r = redis(&redis_url()).await;
+    let mut r = redis().await;
     let mut cached = 0;
     for row in c
         .query("SELECT id, price, version FROM products ORDER BY id", &[])
