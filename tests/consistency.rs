@@ -1,5 +1,5 @@
-//! Consistency checker (issue 7): the real pipeline (`invalidator run` as a process, on the
-//! durable tansu broker) under concurrent writers and cache-aside readers, then a comparison
+//! Consistency checker (issue 7): the real pipeline (`invalidator run` as a process, on a
+//! durable tansu broker of the test's own: sqlite, fresh temp dir) under concurrent writers and cache-aside readers, then a comparison
 //! of every cached key with the database once everything is quiet.
 //!
 //! Writers update random product rows and call `invalidator.invalidate()` in the same
@@ -7,9 +7,10 @@
 //! (`Cache::get_guard` → SELECT → `fill_if_guard_unchanged`), one through plain cache-aside
 //! (GET; on a miss SELECT, then SET EX). Both reader families run at the same time on the
 //! same rows, so they see the same load. Between the SELECT and the fill a reader pauses
-//! 0–2 ms, and one miss in 100 (a GC pause, a preempted thread) 50–1000 ms: the stale-set
-//! race needs a reader that still holds an old row when the invalidation lands, and on the
-//! sqlite broker the pipeline takes a few hundred milliseconds from COMMIT to Redis.
+//! 0–2 ms, and one miss in 100 (a GC pause, a preempted thread) from 50 ms up to twice the
+//! pipeline's recent commit-to-Redis latency: the stale-set race needs a reader that still
+//! holds an old row when the invalidation lands, and on the sqlite broker the pipeline takes
+//! from a few hundred milliseconds to seconds from COMMIT to Redis.
 //!
 //! The test asserts that no guarded key is stale; it only reports the plain keys' stale count
 //! (how many depends on scheduling, so asserting it would be flaky).
@@ -27,9 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::tansu::Tansu;
 use common::{bin, eventually, http_get, migrated_db, unique, TestDb};
-use consumer_support::{brokers, committed, create_topics, record_count, redis_url};
-use invalidator::cache::{ApplyOptions, Cache, RedisSettings};
+use consumer_support::{create_topics, record_count, redis_url};
+use invalidator::cache::{guard_key, ApplyOptions, Cache, RedisSettings};
 use invalidator::redact::Redacted;
 use rand::Rng;
 use redis::AsyncCommands;
@@ -38,9 +40,12 @@ use tokio::sync::RwLock;
 
 /// TTL of filled entries: far longer than the run, so a stale entry stays until checked.
 const FILL_TTL: Duration = Duration::from_secs(1800);
-/// The pause of a slow reader: around the pipeline's commit-to-Redis latency (a few hundred
-/// ms on the sqlite broker), the window in which a plain fill can land after the delete.
-const SLOW_PAUSE_MS: std::ops::RangeInclusive<u64> = 50..=1000;
+/// A slow reader pauses 50 ms up to twice the pipeline's recent mean commit-to-Redis latency
+/// (the window in which a plain fill can land after the delete), within these bounds; the
+/// first checkpoint starts from 1 s. The sqlite broker's latency ranged from 0.3 s to 4 s
+/// on this machine depending on load, so a fixed range either missed the race or dwarfed it.
+const SLOW_PAUSE_MIN_MS: u64 = 50;
+const SLOW_PAUSE_MAX_MS: std::ops::RangeInclusive<u64> = 200..=10_000;
 /// Partitions of the test's topic.
 const PARTITIONS: i32 = 2;
 
@@ -56,7 +61,8 @@ struct Load {
     readers: usize,
     /// Reads per family; the readers stop when both families reached it.
     reads: u64,
-    /// One miss in this many pauses for `SLOW_PAUSE_MS` between its SELECT and its fill.
+    /// One miss in this many pauses like a slow reader (see `SLOW_PAUSE_MIN_MS`) between its
+    /// SELECT and its fill.
     slow_one_in: u32,
     /// Time between checkpoints (writers held off, quiescence, comparison).
     checkpoint_every: Duration,
@@ -97,16 +103,28 @@ impl Load {
 }
 
 /// What one reader family did.
-#[derive(Default)]
 struct Reads {
     reads: AtomicU64,
     misses: AtomicU64,
     fills: AtomicU64,
-    /// Guarded fills the script refused: a delete landed between the guard read and the fill.
+    /// Guarded: fills the script refused, because a delete landed between the guard read and
+    /// the fill. Plain: fills a delete raced the same way, stored anyway.
     refused: AtomicU64,
+    /// The longest pause of a slow reader now, in ms (updated at each checkpoint).
+    slow_max_ms: AtomicU64,
 }
 
 impl Reads {
+    fn new() -> Reads {
+        Reads {
+            reads: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            fills: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            slow_max_ms: AtomicU64::new(1000),
+        }
+    }
+
     fn get(&self) -> [u64; 4] {
         [&self.reads, &self.misses, &self.fills, &self.refused].map(|c| c.load(Ordering::Relaxed))
     }
@@ -146,11 +164,12 @@ async fn select_row(c: &tokio_postgres::Client, id: i64) -> String {
 }
 
 /// The reader's pause between reading the database and filling the cache.
-async fn pause(slow_one_in: u32) {
+async fn pause(slow_one_in: u32, slow_max_ms: &AtomicU64) {
     let d = {
         let mut rng = rand::rng(); // not Send: dropped before the await
         if slow_one_in > 0 && rng.random_ratio(1, slow_one_in) {
-            Duration::from_millis(rng.random_range(SLOW_PAUSE_MS))
+            let max = slow_max_ms.load(Ordering::Relaxed);
+            Duration::from_millis(rng.random_range(SLOW_PAUSE_MIN_MS..=max))
         } else {
             Duration::from_micros(rng.random_range(0..=2000))
         }
@@ -223,7 +242,7 @@ async fn guarded_reader(db: &TestDb, load: Load, prefix: String, stats: Arc<Read
         stats.misses.fetch_add(1, Ordering::Relaxed);
         let guard = cache.get_guard(&key).await.expect("reading the guard");
         let v = select_row(&c, id).await;
-        pause(load.slow_one_in).await;
+        pause(load.slow_one_in, &stats.slow_max_ms).await;
         let stored = cache
             .fill_if_guard_unchanged(&key, v.as_bytes(), FILL_TTL, &guard)
             .await
@@ -245,48 +264,58 @@ async fn plain_reader(db: &TestDb, load: Load, prefix: String, stats: Arc<Reads>
             continue;
         }
         stats.misses.fetch_add(1, Ordering::Relaxed);
+        // Only to count the races (the plain protocol ignores the guard): a delete that moved
+        // the guard between the SELECT and the SET means this fill may have stored an old row.
+        let before: Option<String> = r.get(guard_key(&key)).await.expect("GET guard");
         let v = select_row(&c, id).await;
-        pause(load.slow_one_in).await;
+        pause(load.slow_one_in, &stats.slow_max_ms).await;
         let _: () = r.set_ex(&key, v, FILL_TTL.as_secs()).await.expect("SET EX");
+        let after: Option<String> = r.get(guard_key(&key)).await.expect("GET guard");
         stats.fills.fetch_add(1, Ordering::Relaxed);
+        if before != after {
+            stats.refused.fetch_add(1, Ordering::Relaxed); // for plain: raced, stored anyway
+        }
     }
 }
 
 /// Whether the group has consumed every record of the topic (lag 0 on every partition).
-async fn lag_is_zero(topic: &str, group: &str) -> bool {
-    let high = per_partition_high(topic).await;
-    let done = committed(&brokers(), group, topic, PARTITIONS).await;
-    high.iter()
-        .enumerate()
-        .all(|(p, &h)| h == 0 || done.get(&(p as i32)).copied() == Some(h))
-}
-
-async fn per_partition_high(topic: &str) -> Vec<i64> {
+/// False, not a panic, when the broker does not answer in time: the shared broker is slow
+/// under the other tests' load, and the caller polls with a deadline.
+async fn lag_is_zero(brokers: &str, topic: &str, group: &str) -> bool {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let topic = topic.to_string();
+    use rdkafka::{Offset, TopicPartitionList};
+    let (brokers, topic, group) = (brokers.to_string(), topic.to_string(), group.to_string());
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
             .create()
             .expect("consumer");
-        (0..PARTITIONS)
-            .map(|p| {
-                c.fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1
-            })
-            .collect()
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(&topic, p);
+        }
+        let Ok(done) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
+            return false;
+        };
+        (0..PARTITIONS).all(|p| {
+            let Ok((_, high)) = c.fetch_watermarks(&topic, p, Duration::from_secs(10)) else {
+                return false;
+            };
+            let committed = done.find_partition(&topic, p).map(|e| e.offset());
+            high == 0 || committed == Some(Offset::Offset(high))
+        })
     })
     .await
-    .expect("watermarks task")
+    .expect("lag task")
 }
 
 /// Waits until the outbox is empty and the group has committed every record of the topic.
-async fn quiesce(c: &tokio_postgres::Client, topic: &str, group: &str) {
+async fn quiesce(c: &tokio_postgres::Client, brokers: &str, topic: &str, group: &str) {
     eventually(
         Duration::from_secs(180),
         "quiescence: outbox empty and consumer lag 0",
-        || async move { outbox_len(c).await == 0 && lag_is_zero(topic, group).await },
+        || async move { outbox_len(c).await == 0 && lag_is_zero(brokers, topic, group).await },
     )
     .await;
 }
@@ -346,7 +375,11 @@ async fn check_consistency(load: Load) -> (u64, u64) {
     let topic = unique("consistency");
     let group = unique("consistency");
     let prefix = unique("cons");
-    create_topics(&brokers(), &topic, PARTITIONS).await;
+    // A broker of the test's own (sqlite, fresh): the shared one's latency grew to seconds
+    // under the other tests' load, and the race this test looks for needs steady latency.
+    let broker = Tansu::start();
+    let brokers = broker.brokers();
+    create_topics(&brokers, &topic, PARTITIONS).await;
 
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
         .parse()
@@ -363,7 +396,7 @@ async fn check_consistency(load: Load) -> (u64, u64) {
         ])
         .env("DATABASE_URL", &db.url)
         .env("REDIS_URL", redis_url())
-        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_BROKERS", &brokers)
         .env_remove("INVALIDATOR_KAFKA_OPTIONS")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -391,8 +424,8 @@ async fn check_consistency(load: Load) -> (u64, u64) {
     let db = Arc::new(db);
     let stop = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(RwLock::new(()));
-    let guarded = Arc::new(Reads::default());
-    let plain = Arc::new(Reads::default());
+    let guarded = Arc::new(Reads::new());
+    let plain = Arc::new(Reads::new());
     let writers: Vec<_> = (0..load.writers)
         .map(|_| {
             let (db, prefix, stop, gate) = (db.clone(), prefix.clone(), stop.clone(), gate.clone());
@@ -417,6 +450,8 @@ async fn check_consistency(load: Load) -> (u64, u64) {
     let mut stale_guarded = HashSet::new();
     let mut stale_plain = HashSet::new();
     let (mut checkpoints, mut compared) = (0u64, 0u64);
+    // The latency histogram's (sum, count) at the last checkpoint, and the longest slow pause.
+    let (mut latency_seen, mut slow_max_seen) = ((0.0, 0.0), 0u64);
     loop {
         let next = Instant::now() + load.checkpoint_every;
         while Instant::now() < next && !readers.iter().all(|r| r.is_finished()) {
@@ -427,9 +462,28 @@ async fn check_consistency(load: Load) -> (u64, u64) {
         if last {
             stop.store(true, Ordering::Relaxed);
         }
-        quiesce(&c, &topic, &group).await;
+        quiesce(&c, &brokers, &topic, &group).await;
         compared += compare(&c, &prefix, &mut stale_guarded, &mut stale_plain).await;
         checkpoints += 1;
+        let m = common::parse_metrics(&http_get(metrics, "/metrics").await);
+        let series = |s: &str| {
+            m.get(&format!(
+                "invalidator_consumer_end_to_end_latency_seconds_{s}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+        };
+        let (sum, count) = (series("sum"), series("count"));
+        if count > latency_seen.1 {
+            let mean_ms = (sum - latency_seen.0) / (count - latency_seen.1) * 1000.0;
+            let max = ((2.0 * mean_ms) as u64)
+                .clamp(*SLOW_PAUSE_MAX_MS.start(), *SLOW_PAUSE_MAX_MS.end());
+            for family in [&guarded, &plain] {
+                family.slow_max_ms.store(max, Ordering::Relaxed);
+            }
+            slow_max_seen = slow_max_seen.max(max);
+        }
+        latency_seen = (sum, count);
         drop(held);
         if last {
             break;
@@ -443,8 +497,8 @@ async fn check_consistency(load: Load) -> (u64, u64) {
         writes += w.await.expect("a writer panicked");
     }
     let load_secs = started.elapsed().as_secs_f64();
-    let records = record_count(&brokers(), &topic).await;
-    let dead_lettered = record_count(&brokers(), &format!("{topic}.dlq")).await;
+    let records = record_count(&brokers, &topic).await;
+    let dead_lettered = record_count(&brokers, &format!("{topic}.dlq")).await;
     let m = common::parse_metrics(&http_get(metrics, "/metrics").await);
     let latency = |s: &str| {
         m.get(&format!(
@@ -466,14 +520,15 @@ async fn check_consistency(load: Load) -> (u64, u64) {
     };
 
     let [gr, gm, gf, grefused] = guarded.get();
-    let [pr, pm, pf, _] = plain.get();
+    let [pr, pm, pf, praced] = plain.get();
     let (stale_guarded, stale_plain) = (stale_guarded.len() as u64, stale_plain.len() as u64);
     println!(
         "consistency: {} rows, {writes} write transactions ({records} records on the topic, \
          {dead_lettered} dead-lettered, mean latency commit-to-ack {relay_latency_ms}, commit-to-Redis {mean_latency_ms}), \
          {load_secs:.0}s; guarded: {} reads, {gm} misses, {gf} fills, {grefused} refused, \
-         stale {stale_guarded}; plain: {} reads, {pm} misses, {pf} fills, stale {stale_plain}; \
-         {checkpoints} checkpoints, {compared} cached keys compared; {load:?}",
+         stale {stale_guarded}; plain: {} reads, {pm} misses, {pf} fills, {praced} raced by a delete, stale {stale_plain}; \
+         {checkpoints} checkpoints, {compared} cached keys compared; slow pauses up to \
+         1000 ms, after the first checkpoint up to {slow_max_seen} ms; {load:?}",
         load.rows,
         gr.min(load.reads),
         pr.min(load.reads),
