@@ -70,7 +70,7 @@ struct Load {
 
 impl Load {
     /// `CONSISTENCY_<NAME>` overrides each field (e.g. CONSISTENCY_READS=2000000).
-    fn from_env(mut self) -> Load {
+    fn with_env_overrides(mut self) -> Load {
         let var = |name: &str| {
             std::env::var(format!("CONSISTENCY_{name}")).ok().map(|v| {
                 v.parse::<u64>()
@@ -569,7 +569,7 @@ async fn guarded_fill_is_never_stale() {
         slow_one_in: 100,
         checkpoint_every: Duration::from_secs(3),
     }
-    .from_env();
+    .with_env_overrides();
     let (guarded, _plain) = check_consistency(load).await;
     assert_eq!(guarded, 0, "guarded keys stale after quiescence");
 }
@@ -587,7 +587,7 @@ async fn guarded_fill_is_never_stale_full() {
         slow_one_in: 100,
         checkpoint_every: Duration::from_secs(3),
     }
-    .from_env();
+    .with_env_overrides();
     let (guarded, _plain) = check_consistency(load).await;
     assert_eq!(guarded, 0, "guarded keys stale after quiescence");
 }
