@@ -188,10 +188,13 @@ mod micros {
         s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
     }
 
+    /// Finer digits than microseconds (another producer's nanoseconds) are truncated, so the
+    /// decoded event is exactly what `encode` writes back (the fuzzer found the difference).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        use chrono::SubsecRound;
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.with_timezone(&Utc))
+            .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
             .map_err(serde::de::Error::custom)
     }
 }
@@ -230,6 +233,19 @@ mod tests {
         let e = decode(with_extra).unwrap();
         assert_eq!(e.op, Op::Bump);
         assert_eq!(e.source, None);
+    }
+
+    #[test]
+    /// A created_at finer than microseconds is truncated on decode, so the event round-trips
+    /// (regression: fuzz/corpus/decode/seed-nanosecond-created-at.json, found by `scripts/fuzz.sh`).
+    fn sub_microsecond_created_at_round_trips() {
+        let nanos = br#"{"v":1,"event_id":"6f1c2a9e-2f4b-4c1e-9a51-1d2b3c4d5e6f","op":"delete","keys":["product:42"],"created_at":"2026-11-23T06:00:00.1234856Z","source":"orders-db"}"#;
+        let e = decode(nanos).unwrap();
+        assert_eq!(
+            e.created_at.to_rfc3339(),
+            "2026-11-23T06:00:00.123485+00:00"
+        );
+        assert_eq!(decode(&e.encode()), Ok(e));
     }
 
     #[test]
