@@ -30,10 +30,10 @@ use super::settings::ConsumerSettings;
 use super::Health;
 
 /// librdkafka's local prefetch queue, KiB (its default is 65536).
-const QUEUED_KBYTES: &str = "2048";
+const QUEUED_KBYTES: &str = "4096";
 /// Most bytes one fetch response may carry (librdkafka's default is 50 MiB); at least
 /// `message.max.bytes` (1 MB by default).
-const FETCH_MAX_BYTES: &str = "2097152";
+const FETCH_MAX_BYTES: &str = "4194304";
 
 /// How often an idle consumer PINGs Redis to keep its readiness current.
 const IDLE_PING: std::time::Duration = std::time::Duration::from_secs(2);
@@ -114,10 +114,11 @@ pub async fn run(
             ("auto.offset.reset", "earliest"),
             ("enable.auto.commit", "true"),
             ("enable.partition.eof", "false"),
-            // librdkafka prefetches up to 64 MiB with 50 MiB fetches by default: draining a
-            // 200k-record backlog the consumer peaked at 92 MB RSS; with 2 MiB of each, 37 MB
-            // at the same keys/s (measured, BENCHMARKS.md). 2 MiB is still ~10,000 of our
-            // records (~200 bytes each), ten batches. `-X` may raise both.
+            // librdkafka prefetches up to 64 MiB with 50 MiB fetches by default. Draining a
+            // 200k-record backlog (BENCHMARKS.md): default 82 MB RSS at 87k keys/s; 8 MiB
+            // 81 MB, 80k; 4 MiB 56 MB, 55k; 2 MiB 37 MB, 32k. 4 MiB keeps the throughput
+            // target (50k keys/s); `-X queued.max.messages.kbytes=2048 -X
+            // fetch.max.bytes=2097152` trades it for the memory one (40 MB).
             ("queued.max.messages.kbytes", QUEUED_KBYTES),
             ("fetch.max.bytes", FETCH_MAX_BYTES),
         ])

@@ -216,11 +216,15 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
                 if full || index > 0 {
                     continue; // a full batch: there is probably more, claim again at once
                 }
+                // Polls are paced from the start of the last claim, not its end: a row written
+                // just after a claim then waits at most one poll interval, not the batch's
+                // broker round trip plus an interval.
+                let next_poll = tokio::time::Instant::from_std(started + settings.poll_interval);
                 tokio::select! {
                     biased;
                     _ = s.shutdown.cancelled() => break,
                     _ = s.wake.notified() => {}
-                    _ = tokio::time::sleep(settings.poll_interval) => {}
+                    _ = tokio::time::sleep_until(next_poll) => {}
                 }
                 continue;
             }

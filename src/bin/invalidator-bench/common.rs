@@ -301,3 +301,77 @@ impl Table {
 pub fn rate(n: f64, elapsed: Duration) -> String {
     format!("{:.0}", n / elapsed.as_secs_f64())
 }
+
+/// CPU time so far, per process name (from /proc/<pid>/stat) and for the whole machine, in
+/// clock ticks: taken before and after a run, the difference says where the cores went.
+#[derive(Debug, Default, Clone)]
+pub struct CpuSnapshot {
+    pub by_name: std::collections::HashMap<String, u64>,
+    pub busy: u64,
+    pub total: u64,
+}
+
+pub fn cpu_snapshot() -> CpuSnapshot {
+    let mut snap = CpuSnapshot::default();
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+        if let Some(cpu) = stat.lines().next() {
+            let v: Vec<u64> = cpu
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            snap.total = v.iter().sum();
+            // idle + iowait are not busy.
+            snap.busy =
+                snap.total - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0);
+        }
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid … utime stime …`: comm may hold spaces, so split after ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = rest
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+            + rest
+                .get(12)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+        *snap.by_name.entry(name).or_default() += ticks;
+    }
+    snap
+}
+
+/// "machine 97% busy; invalidator 41%, postgres 35%, tansu 20%" (shares of the machine).
+pub fn cpu_summary(before: &CpuSnapshot, after: &CpuSnapshot) -> String {
+    let total = after.total.saturating_sub(before.total).max(1) as f64;
+    let busy = after.busy.saturating_sub(before.busy) as f64 / total * 100.0;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut shares: Vec<(String, f64)> = after
+        .by_name
+        .iter()
+        .map(|(n, t)| {
+            let d = t.saturating_sub(before.by_name.get(n).copied().unwrap_or(0)) as f64;
+            // total counts ticks of every core; a process's ticks are per core too.
+            (n.clone(), d / total * 100.0)
+        })
+        .filter(|(_, s)| *s >= 1.0)
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top: Vec<String> = shares
+        .iter()
+        .take(4)
+        .map(|(n, s)| format!("{n} {s:.0}%"))
+        .collect();
+    format!(
+        "machine {busy:.0}% busy of {cores:.0} cores; {}",
+        top.join(", ")
+    )
+}

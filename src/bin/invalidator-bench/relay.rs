@@ -29,6 +29,7 @@ pub async fn run(
             "in flight",
             "relay to Kafka (rows/s)",
             "relay / SQL",
+            "CPU during the drain (share of the machine)",
         ],
     );
     let mut best_relay = 0f64;
@@ -75,10 +76,12 @@ pub async fn run(
             // Timed from the preload's COMMIT: its rows become visible to the relay at once.
             preload(&c, rows, false).await;
             let started = Instant::now();
+            let cpu_before = cpu_snapshot();
             while relay.metric("invalidator_relay_published_total").await < (rows + 1) as f64 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let relay_rate = rows as f64 / started.elapsed().as_secs_f64();
+            let cpu = cpu_summary(&cpu_before, &cpu_snapshot());
             rss.push((
                 format!("relay, drain at batch {batch}, {in_flight} in flight"),
                 relay.peak_rss_mib(),
@@ -91,6 +94,7 @@ pub async fn run(
                 in_flight.to_string(),
                 format!("{relay_rate:.0}"),
                 format!("{:.2}", relay_rate / sql),
+                cpu,
             ]);
         }
         best_sql = best_sql.max(sql);
