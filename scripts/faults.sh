@@ -10,4 +10,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh up   # PostgreSQL (shared), and the tansu binary it builds once
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
-exec cargo test --locked --test fault_matrix -- --ignored --nocapture
+exec cargo test --locked --test fault_matrix -- --nocapture

@@ -318,7 +318,6 @@ fn logs(paths: &[&PathBuf]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "several minutes, starts its own broker and Redis; run by scripts/faults.sh"]
 /// Through kill -9 of the relay and of the consumer, a broker restart, a Redis kill -9 and
 /// restart, and reset PostgreSQL connections, every committed event is applied exactly once
 /// (or dead-lettered with a reason): lost 0, applied twice 0.
