@@ -141,44 +141,49 @@ fn placeholder_kafka(options: &[(String, String)]) -> KafkaSettings {
 }
 
 fn relay_config(r: &mut Report, args: RelayArgs, embedded: bool) -> Option<RelaySettings> {
-    let kafka = if embedded {
-        Ok(placeholder_kafka(&args.kafka.options))
-    } else {
-        KafkaSettings::from_args(&args.kafka)
-    };
-    let result = match kafka {
-        Ok(k) => RelaySettings::build(args, k).map_err(|e| db::chain(&e)),
-        Err(e) => Err(db::chain(&e)),
-    };
-    match result {
-        Ok(s) => {
-            r.line(Verdict::Ok, "relay configuration", "valid");
-            Some(s)
-        }
-        Err(e) => {
-            r.line(Verdict::Fail, "relay configuration", e);
-            None
-        }
-    }
+    let kafka = kafka_settings(&args.kafka, embedded);
+    config(r, "relay configuration", kafka, |k| {
+        RelaySettings::build(args, k)
+    })
 }
 
 fn consumer_config(r: &mut Report, args: ConsumeArgs, embedded: bool) -> Option<ConsumerSettings> {
-    let kafka = if embedded {
-        Ok(placeholder_kafka(&args.kafka.options))
+    let kafka = kafka_settings(&args.kafka, embedded);
+    config(r, "consumer configuration", kafka, |k| {
+        ConsumerSettings::build(args, k)
+    })
+}
+
+/// The brokers a role will use: its own, or a placeholder when `run` embeds one.
+fn kafka_settings(
+    args: &crate::cli::KafkaArgs,
+    embedded: bool,
+) -> Result<KafkaSettings, KafkaSetupError> {
+    if embedded {
+        Ok(placeholder_kafka(&args.options))
     } else {
-        KafkaSettings::from_args(&args.kafka)
-    };
+        KafkaSettings::from_args(args)
+    }
+}
+
+/// Validates a role's settings as its daemon would, and reports the verdict.
+fn config<S, E: std::error::Error + 'static>(
+    r: &mut Report,
+    what: &str,
+    kafka: Result<KafkaSettings, KafkaSetupError>,
+    build: impl FnOnce(KafkaSettings) -> Result<S, E>,
+) -> Option<S> {
     let result = match kafka {
-        Ok(k) => ConsumerSettings::build(args, k).map_err(|e| db::chain(&e)),
+        Ok(k) => build(k).map_err(|e| db::chain(&e)),
         Err(e) => Err(db::chain(&e)),
     };
     match result {
         Ok(s) => {
-            r.line(Verdict::Ok, "consumer configuration", "valid");
+            r.line(Verdict::Ok, what, "valid");
             Some(s)
         }
         Err(e) => {
-            r.line(Verdict::Fail, "consumer configuration", e);
+            r.line(Verdict::Fail, what, e);
             None
         }
     }
