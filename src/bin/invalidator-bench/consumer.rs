@@ -160,10 +160,9 @@ pub async fn run(env: &Env, keys: usize, rss: &mut Vec<(String, f64)>) {
 
 /// `DEL benchdel:__rand_int__: 977517.06 requests per second, p50=…` → `977517`.
 fn parse_redis_benchmark(out: &str) -> String {
-    out.split(['\r', '\n'])
+    out.rsplit(['\r', '\n'])
         .filter_map(|l| l.split_once(": ").map(|(_, r)| r))
-        .filter_map(|r| r.split_whitespace().next()?.parse::<f64>().ok())
-        .last()
+        .find_map(|r| r.split_whitespace().next()?.parse::<f64>().ok())
         .map_or_else(
             || format!("unparsed: {}", out.trim()),
             |v| format!("{v:.0}"),
