@@ -193,6 +193,35 @@ impl Daemon {
             .unwrap_or(0.0)
     }
 
+    /// Quantile `q` of a histogram from its /metrics, as the upper bound of the bucket it
+    /// falls in (our buckets double from 1 ms, so this is coarse: within a factor of 2).
+    pub async fn histogram_quantile_ms(&self, name: &str, q: f64) -> Option<f64> {
+        let body = http_get(self.metrics, "/metrics").await;
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut buckets: Vec<(f64, f64)> = body
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total == 0.0 {
+            return None;
+        }
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= q * total)
+            .map(|(le, _)| le * 1000.0)
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {

@@ -25,6 +25,7 @@ use crate::common::*;
 const WRITERS: usize = 8;
 
 pub async fn run(env: &Env, rates: &[u64], seconds: u64, rss: &mut Vec<(String, f64)>) {
+    let mut stages = Vec::new();
     let t = Table::start(
         &format!(
             "(b) end-to-end latency, commit → key gone in Redis, {seconds} s per rate, broker {}",
@@ -50,7 +51,7 @@ pub async fn run(env: &Env, rates: &[u64], seconds: u64, rss: &mut Vec<(String, 
             rate * seconds,
         );
         for notify in [false, true] {
-            let (p, daemons) = pipeline(env, rate, seconds, notify).await;
+            let (p, daemons, stage) = pipeline(env, rate, seconds, notify).await;
             let path = if notify {
                 "pipeline, enable_notify() on"
             } else {
@@ -60,7 +61,26 @@ pub async fn run(env: &Env, rates: &[u64], seconds: u64, rss: &mut Vec<(String, 
             for (what, mib) in daemons {
                 rss.push((format!("{what}, {rate} events/s, {path}"), mib));
             }
+            stages.push((rate, path, stage));
         }
+    }
+    let t = Table::start(
+        "(b) where the time goes: the daemons' own histograms (bucket upper bounds, so within 2x)",
+        &[
+            "rate",
+            "path",
+            "relay: created_at → acked + committed, p50 / p99 ms",
+            "consumer: created_at → applied, p50 / p99 ms",
+        ],
+    );
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("≤ {v:.0}"));
+    for (rate, path, [r50, r99, c50, c99]) in stages {
+        t.row(&[
+            rate.to_string(),
+            path.to_string(),
+            format!("{} / {}", ms(r50), ms(r99)),
+            format!("{} / {}", ms(c50), ms(c99)),
+        ]);
     }
 }
 
@@ -136,12 +156,15 @@ async fn broker_floor(env: &Env, rate: u64, seconds: u64) -> Percentiles {
 
 /// The real pipeline: relay and consumer processes, writers at `rate`, Redis observed.
 /// Returns the latencies and the daemons' peak RSS.
+/// The relay's and the consumer's own latency quantiles (p50, p99 of each), in ms.
+type Stages = [Option<f64>; 4];
+
 async fn pipeline(
     env: &Env,
     rate: u64,
     seconds: u64,
     notify: bool,
-) -> (Percentiles, Vec<(&'static str, f64)>) {
+) -> (Percentiles, Vec<(&'static str, f64)>, Stages) {
     let db = ScratchDb::new(env, "latency").await;
     let id = run_id();
     let topic = format!("bench_lat_{id}");
@@ -317,6 +340,20 @@ async fn pipeline(
         ("relay", relay.peak_rss_mib()),
         ("consumer", consumer.peak_rss_mib()),
     ];
+    let stages = [
+        relay
+            .histogram_quantile_ms("invalidator_relay_latency_seconds", 0.5)
+            .await,
+        relay
+            .histogram_quantile_ms("invalidator_relay_latency_seconds", 0.99)
+            .await,
+        consumer
+            .histogram_quantile_ms("invalidator_consumer_end_to_end_latency_seconds", 0.5)
+            .await,
+        consumer
+            .histogram_quantile_ms("invalidator_consumer_end_to_end_latency_seconds", 0.99)
+            .await,
+    ];
     relay.stop().await;
     consumer.stop().await;
     let _: () = redis::cmd("CONFIG")
@@ -328,5 +365,5 @@ async fn pipeline(
         .expect("restoring notify-keyspace-events");
     drop(c);
     drop(db);
-    (percentiles(latencies), daemons)
+    (percentiles(latencies), daemons, stages)
 }
