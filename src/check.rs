@@ -71,13 +71,7 @@ pub async fn relay(args: RelayArgs) -> bool {
 pub async fn consume(args: ConsumeArgs) -> bool {
     let mut r = Report::default();
     if let Some(s) = consumer_config(&mut r, args, false) {
-        topics(
-            &mut r,
-            &s.kafka,
-            &[s.topic.clone(), s.dlq_topic.clone()],
-            s.create_topics.is_some(),
-        )
-        .await;
+        consumer_topics(&mut r, &s).await;
         redis(&mut r, &s).await;
     }
     r.done()
@@ -118,13 +112,7 @@ pub async fn run(args: RunArgs) -> bool {
              durable (fine for trying it out; set KAFKA_BROKERS for anything else)",
         );
     } else if let Some(s) = &consumer_s {
-        topics(
-            &mut r,
-            &s.kafka,
-            &[s.topic.clone(), s.dlq_topic.clone()],
-            s.create_topics.is_some(),
-        )
-        .await;
+        consumer_topics(&mut r, s).await;
     }
     if let Some(s) = &consumer_s {
         redis(&mut r, s).await;
@@ -234,6 +222,12 @@ async fn postgres(r: &mut Report, url: &Redacted) {
         }
         Err(e) => r.line(Verdict::Fail, "postgres privileges", db::chain(&e)),
     }
+}
+
+/// The consumer's topic and its dead-letter topic.
+async fn consumer_topics(r: &mut Report, s: &ConsumerSettings) {
+    let both = [s.topic.clone(), s.dlq_topic.clone()];
+    topics(r, &s.kafka, &both, s.create_topics.is_some()).await;
 }
 
 /// The brokers answer and the topics exist (or will be created).

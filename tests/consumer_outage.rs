@@ -6,7 +6,7 @@ mod consumer_support;
 
 use std::time::Duration;
 
-use common::{eventually, unique};
+use common::{eventually, http_get, unique};
 use consumer_support::*;
 use invalidator::wire::Op;
 use redis::AsyncCommands;
@@ -16,18 +16,6 @@ const WAIT: Duration = Duration::from_secs(90);
 async fn exists(url: &str, k: &str) -> bool {
     let mut c = redis(url).await;
     c.exists(k).await.expect("EXISTS")
-}
-
-/// One plain HTTP/1.1 GET; the whole response as text.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

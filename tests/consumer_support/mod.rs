@@ -295,13 +295,8 @@ pub async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 /// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
+/// Every test that includes this module includes `common` too.
+pub use crate::common::free_port;
 
 /// A free port whose cluster bus port (+10000) is free too.
 pub fn free_cluster_port() -> u16 {

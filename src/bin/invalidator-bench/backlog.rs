@@ -23,13 +23,7 @@ pub async fn run(env: &Env, backlogs: &[i64], hold: Duration, hold_rate: u64) {
     let mut loaded = 0i64;
     let mut first_p50 = None;
     for &n in backlogs {
-        c.execute(
-            "INSERT INTO invalidator.outbox (partition_key, op, keys)
-             SELECT 'p:' || i, 'delete', ARRAY['p:' || i] FROM generate_series(1, $1::bigint) i",
-            &[&(n - loaded)],
-        )
-        .await
-        .expect("preload");
+        insert_outbox(&c, n - loaded, "p").await;
         loaded = n;
         c.batch_execute("VACUUM ANALYZE invalidator.outbox")
             .await
@@ -129,13 +123,7 @@ async fn held_run(db: &ScratchDb, hold: Duration, rate: u64, naive: bool) -> Vec
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             while started.elapsed() < hold {
                 tick.tick().await;
-                c.execute(
-                    "INSERT INTO invalidator.outbox (partition_key, op, keys)
-                     SELECT 'h:' || i, 'delete', ARRAY['h:' || i] FROM generate_series(1, $1::bigint) i",
-                    &[&per_tick],
-                )
-                .await
-                .expect("writing");
+                insert_outbox(&c, per_tick, "h").await;
             }
         })
     };

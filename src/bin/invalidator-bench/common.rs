@@ -252,6 +252,74 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
+/// An application writer: one connection that commits "update a row and invalidate its key"
+/// transactions, the write the pipeline exists for.
+pub struct AppWriter {
+    client: tokio_postgres::Client,
+    update: tokio_postgres::Statement,
+    invalidate: tokio_postgres::Statement,
+}
+
+impl AppWriter {
+    pub async fn connect(url: &str) -> AppWriter {
+        let client = connect(url).await;
+        let update = client
+            .prepare("UPDATE bench_items SET v = v + 1 WHERE id = $1")
+            .await
+            .expect("prepare");
+        let invalidate = client
+            .prepare("SELECT invalidator.invalidate(ARRAY[$1::text])")
+            .await
+            .expect("prepare");
+        AppWriter {
+            client,
+            update,
+            invalidate,
+        }
+    }
+
+    /// `UPDATE bench_items … WHERE id = row; invalidate(key); COMMIT`.
+    pub async fn commit(&mut self, row: i32, key: &str) {
+        let tx = self.client.transaction().await.expect("begin");
+        tx.execute(&self.update, &[&row]).await.expect("update");
+        tx.execute(&self.invalidate, &[&key])
+            .await
+            .expect("invalidate");
+        tx.commit().await.expect("commit");
+    }
+}
+
+/// Inserts `n` one-key delete rows straight into the outbox (`<prefix>:<i>`), one statement.
+pub async fn insert_outbox(c: &tokio_postgres::Client, n: i64, prefix: &str) {
+    c.execute(
+        "INSERT INTO invalidator.outbox (partition_key, op, keys)
+         SELECT $2 || ':' || i, 'delete', ARRAY[$2 || ':' || i] FROM generate_series(1, $1::bigint) i",
+        &[&n, &prefix],
+    )
+    .await
+    .expect("inserting outbox rows");
+}
+
+/// Starts `invalidator consume` on `topic` (group `<topic>_g`), polling tansu quickly.
+pub async fn start_consumer(env: &Env, topic: &str) -> Daemon {
+    Daemon::start(
+        "consume",
+        &[
+            "--topic",
+            topic,
+            "--group",
+            &format!("{topic}_g"),
+            "-X",
+            "fetch.wait.max.ms=5",
+        ],
+        &[
+            ("KAFKA_BROKERS", &env.brokers),
+            ("REDIS_URL", &env.redis_url),
+        ],
+    )
+    .await
+}
+
 /// Creates `topics` on the brokers (memory engine by default).
 pub async fn create_topics(env: &Env, topics: &[String], partitions: i32) {
     kafka(env)

@@ -85,22 +85,7 @@ pub async fn run(env: &Env, keys: usize, rss: &mut Vec<(String, f64)>) {
             d.map_err(|(e, _)| e).expect("produce");
         }
     }
-    let consumer = Daemon::start(
-        "consume",
-        &[
-            "--topic",
-            &topic,
-            "--group",
-            &format!("{topic}_g"),
-            "-X",
-            "fetch.wait.max.ms=5",
-        ],
-        &[
-            ("KAFKA_BROKERS", &env.brokers),
-            ("REDIS_URL", &env.redis_url),
-        ],
-    )
-    .await;
+    let consumer = start_consumer(env, &topic).await;
     // From the first key applied to the last (the group join is not counted).
     while consumer
         .metric("invalidator_consumer_keys_applied_total")

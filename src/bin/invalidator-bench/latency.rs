@@ -266,22 +266,7 @@ async fn pipeline(
         &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &env.brokers)],
     )
     .await;
-    let consumer = Daemon::start(
-        "consume",
-        &[
-            "--topic",
-            &topic,
-            "--group",
-            &format!("{topic}_g"),
-            "-X",
-            "fetch.wait.max.ms=5",
-        ],
-        &[
-            ("KAFKA_BROKERS", &env.brokers),
-            ("REDIS_URL", &env.redis_url),
-        ],
-    )
-    .await;
+    let consumer = start_consumer(env, &topic).await;
     // The consumer has joined once /readyz is 200, but partitions are assigned a moment
     // later: one warm-up event, not counted, proves the path is open.
     c.execute(
@@ -304,29 +289,16 @@ async fn pipeline(
         let committed = committed.clone();
         let id = id.clone();
         writers.push(tokio::spawn(async move {
-            let mut c = connect(&url).await;
-            let update = c
-                .prepare("UPDATE bench_items SET v = v + 1 WHERE id = $1")
-                .await
-                .expect("prepare");
-            let inv = c
-                .prepare("SELECT invalidator.invalidate(ARRAY[$1::text])")
-                .await
-                .expect("prepare");
+            let mut writer = AppWriter::connect(&url).await;
             let every = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut i = w;
             while i < total {
                 tick.tick().await;
-                let tx = c.transaction().await.expect("begin");
-                tx.execute(&update, &[&((i % 10_000) as i32 + 1)])
-                    .await
-                    .expect("update");
-                tx.execute(&inv, &[&format!("benchlat:{id}:{i}")])
-                    .await
-                    .expect("invalidate");
-                tx.commit().await.expect("commit");
+                writer
+                    .commit((i % 10_000) as i32 + 1, &format!("benchlat:{id}:{i}"))
+                    .await;
                 committed.lock().expect("lock").insert(i, Instant::now());
                 i += WRITERS as u64;
             }

@@ -52,26 +52,13 @@ async fn commits_per_second(url: &str, writers: usize, run: Duration) -> f64 {
         let url = url.to_string();
         let commits = commits.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = connect(&url).await;
-            let update = c
-                .prepare("UPDATE bench_items SET v = v + 1 WHERE id = $1")
-                .await
-                .expect("prepare");
-            let inv = c
-                .prepare("SELECT invalidator.invalidate(ARRAY['item:' || $1::text])")
-                .await
-                .expect("prepare");
+            let mut writer = AppWriter::connect(&url).await;
             // A slice of the 10,000 rows of this writer's own.
             let span = (10_000 / writers) as i32;
             let mut i = 0i32;
             while Instant::now() < deadline {
                 let id = w as i32 * span + i % span + 1;
-                let tx = c.transaction().await.expect("begin");
-                tx.execute(&update, &[&id]).await.expect("update");
-                tx.execute(&inv, &[&id.to_string()])
-                    .await
-                    .expect("invalidate");
-                tx.commit().await.expect("commit");
+                writer.commit(id, &format!("item:{id}")).await;
                 commits.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }

@@ -148,13 +148,7 @@ pub async fn run(
 }
 
 async fn preload(c: &tokio_postgres::Client, n: i64, vacuum: bool) {
-    c.execute(
-        "INSERT INTO invalidator.outbox (partition_key, op, keys)
-         SELECT 'product:' || i, 'delete', ARRAY['product:' || i] FROM generate_series(1, $1::bigint) i",
-        &[&n],
-    )
-    .await
-    .expect("preload");
+    insert_outbox(c, n, "product").await;
     if vacuum {
         c.batch_execute("VACUUM ANALYZE invalidator.outbox")
             .await
