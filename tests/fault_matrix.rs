@@ -1,15 +1,21 @@
 //! Fault matrix (issue 7): writers commit application transactions, each with a `bump`
-//! invalidation, while the pipeline's parts fail in turn: kill -9 the relay, kill -9 the
-//! consumer, stop and restart the broker, kill -9 and restart Redis, reset the relay's
-//! PostgreSQL connections. After each fault the writers are held off until the pipeline is
-//! quiet, and every key's counter is compared with the number of events committed for it.
+//! invalidation, while the pipeline's parts fail in turn: kill -9 the relay, stop and restart
+//! the broker, kill -9 and restart Redis, crash and restart PostgreSQL, kill -9 the consumer.
+//! After each fault the writers are held off until the pipeline is quiet, and every key's
+//! counter is compared with the number of events committed for it.
 //!
 //! Everything that fails is private to the test: `invalidator relay` and `invalidator
-//! consume` processes, a tansu broker on a port of its own (sqlite engine in a temp dir: this
-//! tansu build has no postgres engine), and a redis-server with `appendonly yes` and
-//! `appendfsync always`, so counters survive its kill -9. The shared PostgreSQL is not
-//! restarted (everything else uses it); `pg_terminate_backend` on the relay's connections
-//! stands in for a restart, which is an approximation: the server's own state is not lost.
+//! consume` processes; a PostgreSQL server of its own (initdb in a temp dir, free port),
+//! stopped with `pg_ctl stop -m immediate` (no checkpoint, crash recovery at the next start);
+//! a tansu broker on a port of its own with the sqlite engine in a temp dir, which keeps its
+//! records and offsets across a restart; and a redis-server with `appendonly yes` and
+//! `appendfsync always`, so counters survive its kill -9. The writers and the test's own
+//! connection reconnect when the server goes away; a transaction that failed is not counted.
+//!
+//! The issue asked for tansu's postgres storage engine. tansu 0.6.0's postgres engine needs
+//! its schema applied beforehand, and that schema ships only in tansu's git repository, not in
+//! any of its crates.io packages, so `cargo install` cannot provide it; sqlite is the durable
+//! engine a crates.io install has.
 //!
 //! tansu 0.6.0 does not survive every fault itself: after a restart, its sqlite engine panics
 //! on the first produce of an idempotent producer it knew before (the relay's), and its
@@ -24,7 +30,7 @@
 //! consumer's `invalidator_consumer_duplicate_keys_total` and from the topic (records beyond
 //! the events committed: the relay published a batch again).
 //!
-//! Ignored (several minutes, and it starts its own broker): `scripts/faults.sh` runs it.
+//! In the suite (about 90 s); `scripts/faults.sh` runs it alone with its report printed.
 
 mod common;
 mod consumer_support;
@@ -36,8 +42,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::postgres::PgServer;
 use common::tansu::{tempdir, Tansu};
-use common::{bin, eventually, free_port, http_get, migrated_db, parse_metrics, unique, TestDb};
+use common::{bin, free_port, http_get, parse_metrics, unique};
 use consumer_support::{
     committed, create_topics, header, read_all, record_count, redis, RedisServer,
 };
@@ -133,7 +140,7 @@ enum Fault {
     KillConsumer,
     RestartBroker,
     RestartRedis,
-    ResetPostgres,
+    RestartPostgres,
 }
 
 impl Fault {
@@ -144,7 +151,7 @@ impl Fault {
             Fault::KillConsumer => "kill -9 consumer",
             Fault::RestartBroker => "stop + restart broker",
             Fault::RestartRedis => "kill -9 + restart Redis (AOF)",
-            Fault::ResetPostgres => "pg_terminate_backend relay",
+            Fault::RestartPostgres => "crash + restart PostgreSQL",
         }
     }
 }
@@ -153,29 +160,58 @@ fn counter_key(prefix: &str, id: i64) -> String {
     format!("{prefix}:ctr:{id}")
 }
 
-/// One writer: bump a random key and count the bump in `expected`, in one transaction.
-async fn writer(db: &TestDb, prefix: String, stop: Arc<AtomicBool>, gate: Arc<RwLock<()>>) {
-    let mut c = db.client().await;
+/// A connection to `url`, retried for up to two minutes (the server may be restarting).
+async fn connect_retry(url: &str) -> tokio_postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                return c;
+            }
+            Err(e) if Instant::now() > deadline => panic!("connecting to the test's server: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// One writer: bump a random key and count the bump in `expected`, in one transaction. A
+/// transaction that fails (the server is restarting) is given up and the writer reconnects:
+/// its `expected` row and its outbox row are one transaction, so whether or not a COMMIT whose
+/// answer was lost took effect, the tally stays exact. Returns the transactions that failed.
+async fn writer(url: String, prefix: String, stop: Arc<AtomicBool>, gate: Arc<RwLock<()>>) -> u64 {
+    let mut c = connect_retry(&url).await;
+    let mut failed = 0;
     while !stop.load(Ordering::Relaxed) {
         let id = rand::rng().random_range(1..=KEYS);
         let open = gate.read().await;
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let tx = c.transaction().await.expect("BEGIN");
-        tx.execute("UPDATE expected SET n = n + 1 WHERE id = $1", &[&id])
-            .await
-            .expect("UPDATE");
-        tx.execute(
-            "SELECT invalidator.invalidate(ARRAY[$1 || ':ctr:' || $2::bigint], op => 'bump')",
-            &[&prefix, &id],
-        )
-        .await
-        .expect("invalidate");
-        tx.commit().await.expect("COMMIT");
+        if c.is_closed() {
+            c = connect_retry(&url).await;
+        }
+        let result = async {
+            let tx = c.transaction().await?;
+            tx.execute("UPDATE expected SET n = n + 1 WHERE id = $1", &[&id])
+                .await?;
+            tx.execute(
+                "SELECT invalidator.invalidate(ARRAY[$1 || ':ctr:' || $2::bigint], op => 'bump')",
+                &[&prefix, &id],
+            )
+            .await?;
+            tx.commit().await
+        }
+        .await;
         drop(open);
+        if result.is_err() {
+            failed += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
+    failed
 }
 
 /// The counters compared with the events committed.
@@ -323,8 +359,13 @@ fn logs(paths: &[&PathBuf]) -> String {
 /// (or dead-lettered with a reason): lost 0, applied twice 0.
 async fn no_event_lost_through_faults() {
     let started = Instant::now();
-    let db = migrated_db().await;
-    let c = db.client().await;
+    // The database is a PostgreSQL server of the test's own: the matrix crashes it.
+    let mut pg = PgServer::start();
+    let db_url = pg.url("postgres");
+    let mut c = connect_retry(&db_url).await;
+    invalidator::migrate::run(&mut c, &invalidator::migrate::Options::default())
+        .await
+        .expect("migrate");
     c.batch_execute(&format!(
         "CREATE TABLE expected (id bigint PRIMARY KEY, n bigint NOT NULL);
          INSERT INTO expected SELECT g, 0 FROM generate_series(1, {KEYS}) g;"
@@ -360,7 +401,7 @@ async fn no_event_lost_through_faults() {
     let mut relay = Daemon::new(
         &[&["relay", "--no-listen"][..], &common_flags].concat(),
         &[
-            ("DATABASE_URL", db.url.clone()),
+            ("DATABASE_URL", db_url.clone()),
             ("KAFKA_BROKERS", brokers.clone()),
             ("INVALIDATOR_DELIVERY_TIMEOUT", "10s".into()),
         ],
@@ -393,13 +434,13 @@ async fn no_event_lost_through_faults() {
         consumer_log.clone(),
     );
 
-    let db = Arc::new(db);
     let stop = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(RwLock::new(()));
     let writers: Vec<_> = (0..4)
         .map(|_| {
-            let (db, prefix, stop, gate) = (db.clone(), prefix.clone(), stop.clone(), gate.clone());
-            tokio::spawn(async move { writer(&db, prefix, stop, gate).await })
+            let (url, prefix, stop, gate) =
+                (db_url.clone(), prefix.clone(), stop.clone(), gate.clone());
+            tokio::spawn(writer(url, prefix, stop, gate))
         })
         .collect();
 
@@ -412,7 +453,7 @@ async fn no_event_lost_through_faults() {
         Fault::KillRelay,
         Fault::RestartBroker,
         Fault::RestartRedis,
-        Fault::ResetPostgres,
+        Fault::RestartPostgres,
         Fault::KillConsumer,
     ] {
         // Writes before, during and after the fault; the outage lasts 2 s.
@@ -442,19 +483,12 @@ async fn no_event_lost_through_faults() {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 redis_server.restart();
             }
-            Fault::ResetPostgres => {
-                let killed: i64 = c
-                    .query_one(
-                        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid)
-                           FROM pg_stat_activity
-                          WHERE datname = $1 AND application_name = 'invalidator') t",
-                        &[&db.name],
-                    )
-                    .await
-                    .expect("terminating the relay's connections")
-                    .get(0);
-                assert!(killed >= 1, "the relay had connections to terminate");
+            Fault::RestartPostgres => {
+                // Immediate stop: no checkpoint, every backend gone at once; the start
+                // after it runs crash recovery from the WAL.
+                pg.crash();
                 tokio::time::sleep(Duration::from_secs(2)).await;
+                pg.start_again();
             }
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -468,6 +502,9 @@ async fn no_event_lost_through_faults() {
         // request): a broker that stops answering is restarted, and the restart reported.
         let mut broker_wedged = 0;
         loop {
+            if c.is_closed() {
+                c = connect_retry(&db_url).await;
+            }
             if quiet(&c, &brokers, &topic, &group).await {
                 break;
             }
@@ -527,23 +564,37 @@ async fn no_event_lost_through_faults() {
             "the consumer died after {phase}:\n{}",
             logs(&[&consumer_log])
         );
+        if fault == Fault::RestartPostgres {
+            // The relay really lost its database: it logged the outage and recovered.
+            let log = std::fs::read_to_string(&relay_log).unwrap_or_default();
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("unavailable, retrying") && l.contains("postgres")),
+                "the relay did not notice the PostgreSQL restart:\n{}",
+                logs(&[&relay_log])
+            );
+        }
         rows.push((phase, events, now, republished, duplicates));
         previous = now;
     }
 
     stop.store(true, Ordering::Relaxed);
+    let mut failed_writes = 0;
     for w in writers {
-        w.await.expect("a writer panicked");
+        failed_writes += w.await.expect("a writer panicked");
     }
-    let (cc, b, t, g) = (&c, &brokers, &topic, &group);
-    eventually(QUIET, "final quiescence", || async move {
-        quiet(cc, b, t, g).await
-    })
-    .await;
+    let deadline = Instant::now() + QUIET;
+    while !quiet(&c, &brokers, &topic, &group).await {
+        assert!(
+            Instant::now() < deadline,
+            "no final quiescence within {QUIET:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let last = tally(&c, &redis_url, &prefix, base, &brokers, &topic).await;
     println!(
         "faults: {} events, {} records on the topic, lost {}, applied twice {}, dead-lettered {}, \
-         {} faults, {:.0}s",
+         {} faults, {failed_writes} application transactions failed (and were not counted), {:.0}s",
         last.events,
         last.records,
         last.lost,

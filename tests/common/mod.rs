@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 pub mod kafka;
+pub mod postgres;
 pub mod tansu;
 
 use invalidator::redact::Redacted;
