@@ -213,8 +213,8 @@ pub struct RelayTuning {
     #[arg(long, env = "INVALIDATOR_MAX_BACKOFF", default_value = "10s", value_parser = parse_duration)]
     pub max_backoff: Duration,
 
-    /// Batches one relay keeps in flight while the outbox has a backlog (each its own
-    /// transaction and connection); idle, one batch loop polls.
+    /// Batches one relay keeps in flight (each its own transaction and connection). Claims
+    /// take turns and overlap the other batches' broker round trips.
     #[arg(long, env = "INVALIDATOR_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub in_flight: u32,
 }

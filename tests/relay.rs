@@ -249,6 +249,65 @@ async fn broker_down_keeps_rows_then_publishes_them() {
 }
 
 #[tokio::test]
+/// Claims do not wait for other batches' acknowledgements: a row committed while a batch
+/// awaits a slow broker (3 s round trips) is claimed, in a batch of its own, before that
+/// batch commits. (One batch at a time, it waited for the whole round trip first.)
+async fn a_row_written_while_a_batch_awaits_acks_is_claimed_at_once() {
+    use rdkafka::mocking::MockCluster;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique("relay_overlap");
+    mock.create_topic(&topic, 1, 1).expect("mock topic");
+    let db = migrated_db().await;
+    let c = db.client().await;
+    let mut s = settings(&db, &mock.bootstrap_servers(), &topic);
+    s.delivery_timeout = Duration::from_secs(60);
+    s.listen = false;
+    let relay = start(s);
+    let cc = &c;
+    let warmup = insert(&c, "warmup", 1).await;
+    eventually(WAIT, "the relay publishes a first row", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+
+    mock.broker_round_trip_time(1, Duration::from_secs(3))
+        .expect("slow broker");
+    // Rows the relay holds are locked: a SKIP LOCKED read does not see them.
+    let unlocked = "SELECT count(*) FROM (SELECT 1 FROM invalidator.outbox FOR UPDATE SKIP LOCKED) t";
+    let first = insert(&c, "first", 1).await;
+    eventually(WAIT, "a batch holds the first row", || async move {
+        cc.query_one(unlocked, &[]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    let second = insert(&c, "second", 1).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let pending = outbox_len(&c).await;
+        let free: i64 = c.query_one(unlocked, &[]).await.unwrap().get(0);
+        if pending == 2 && free == 0 {
+            break; // both rows held, in two batches, while the first one awaits its ack
+        }
+        assert_eq!(
+            pending, 2,
+            "the first batch committed before the second row was claimed: claims waited for it"
+        );
+        assert!(std::time::Instant::now() < deadline, "the second row was never claimed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    mock.broker_round_trip_time(1, Duration::ZERO)
+        .expect("fast broker");
+    eventually(WAIT, "both batches commit", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    relay.stop().await;
+    let records = k::read(&mock.bootstrap_servers(), &topic, 3, WAIT).await;
+    let (lost, _dups) = account(&[warmup, first, second].concat(), &event_ids(&records));
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
 /// A relay killed after the broker acknowledged and before COMMIT leaves every row in the
 /// outbox; the next relay publishes them again (duplicates allowed, loss not).
 async fn killed_before_commit_rows_survive_and_republish() {

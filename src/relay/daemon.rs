@@ -102,7 +102,11 @@ pub async fn run(
         producer: Mutex::new(producer),
         pg: Mutex::new(retry::Health::new("postgres", settings.max_backoff)),
         kafka: Mutex::new(retry::Health::new("kafka", settings.max_backoff)),
-        busy: tokio::sync::watch::channel(false).0,
+        turn: tokio::sync::Mutex::new(Turn {
+            last_claim: None,
+            again: true,
+        }),
+        retry_at: Mutex::new(None),
         settings,
         pool,
         source,
@@ -154,8 +158,72 @@ struct Shared {
     /// Once-per-state-change logging of each dependency, shared so N workers log once.
     pg: Mutex<retry::Health>,
     kafka: Mutex<retry::Health>,
-    /// True while batches come back full: the extra workers run only then.
-    busy: tokio::sync::watch::Sender<bool>,
+    /// The right to claim next. Claims take turns; the holder passes the turn on as soon as
+    /// its rows are locked, so the next claim overlaps this batch's broker round trip.
+    turn: tokio::sync::Mutex<Turn>,
+    /// No claim before this instant: set by a failing batch before its transaction rolls
+    /// back, so the rows it releases are not claimed again before the backoff has passed.
+    retry_at: Mutex<Option<Instant>>,
+}
+
+/// State handed from one claim to the next.
+struct Turn {
+    /// When the last claim started: idle polls are paced from it.
+    last_claim: Option<Instant>,
+    /// Claim at once, without waiting for a wake-up or the poll interval: the last claim
+    /// came back full, or failed (then after `retry_at`), or none has run yet.
+    again: bool,
+}
+
+impl Shared {
+    /// Records a failed batch (metrics, once-per-change logging, a new producer after a
+    /// fatal error) and holds every worker's next claim off for the backoff delay. Called
+    /// while the batch's transaction is still open, before it rolls back.
+    fn failed(&self, error: &BatchError) -> Result<(), RelayError> {
+        let stats = &self.health.stats;
+        let delay = match error {
+            BatchError::Postgres(e) => {
+                stats.failed("postgres");
+                lock(&self.pg).failed(e, false)
+            }
+            BatchError::Kafka(e) => {
+                stats.failed("kafka");
+                let mut current = lock(&self.producer);
+                if let Some(fatal) = publish::is_fatal(&current) {
+                    tracing::warn!(
+                        error = fatal,
+                        "kafka producer hit a fatal error, recreating it"
+                    );
+                    *current = publish::create_producer(
+                        &self.settings.kafka,
+                        self.settings.delivery_timeout,
+                    )
+                    .map_err(RelayError::Producer)?;
+                }
+                drop(current);
+                lock(&self.kafka).failed(&chain(e), false)
+            }
+        };
+        let until = Instant::now() + delay;
+        let mut at = lock(&self.retry_at);
+        *at = Some(at.map_or(until, |t| t.max(until)));
+        Ok(())
+    }
+
+    /// Waits until no failure holds claims off; false if shutdown came first.
+    async fn wait_retry_gate(&self) -> bool {
+        loop {
+            let until = *lock(&self.retry_at);
+            match until {
+                Some(t) if t > Instant::now() => {
+                    if sleep_or_cancel(t - Instant::now(), &self.shutdown).await {
+                        return false;
+                    }
+                }
+                _ => return true,
+            }
+        }
+    }
 }
 
 /// Locks a mutex that no holder can leave poisoned (no code panics while holding one).
@@ -163,30 +231,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One batch loop. Worker 0 always runs and polls; the others (`--in-flight` − 1) join in
-/// only while batches come back full, so a backlog is drained with several batches in
-/// flight (each claim overlapping the others' broker round trips) while an idle relay still
-/// sends one empty probe per poll interval. Each batch is its own transaction on its own
-/// connection; SKIP LOCKED keeps their rows apart.
+/// One batch loop; `--in-flight` of them run. They take turns to claim: the worker holding
+/// the turn waits for a reason to claim (the last claim came back full or failed, a
+/// NOTIFY wake-up, or the poll interval since the last claim started), claims, and passes
+/// the turn on as soon as its rows are locked; then it publishes, awaits the acks and
+/// commits while the next worker claims. So a row committed while a batch awaits its acks
+/// is claimed within a poll interval (or at once, with NOTIFY), not after that batch's
+/// broker round trip; and a backlog is drained with up to `--in-flight` batches in flight.
+/// Each batch is its own transaction on its own connection; SKIP LOCKED keeps their rows
+/// apart.
 async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
     let s = &*shared;
     let settings = &s.settings;
     let stats = &s.health.stats;
-    let mut busy = s.busy.subscribe();
     while !s.shutdown.is_cancelled() {
-        if index > 0 {
+        let mut turn = tokio::select! {
+            biased;
+            _ = s.shutdown.cancelled() => break,
+            t = s.turn.lock() => t,
+        };
+        if !s.wait_retry_gate().await {
+            break;
+        }
+        if !turn.again {
+            let next_poll = turn.last_claim.map_or_else(tokio::time::Instant::now, |t| {
+                tokio::time::Instant::from_std(t + settings.poll_interval)
+            });
             tokio::select! {
                 biased;
                 _ = s.shutdown.cancelled() => break,
-                r = busy.wait_for(|b| *b) => if r.is_err() { break },
+                _ = s.wake.notified() => {}
+                _ = tokio::time::sleep_until(next_poll) => {}
+            }
+            // A batch that failed meanwhile holds claims off.
+            if !s.wait_retry_gate().await {
+                break;
             }
         }
-        let from = lock(&s.cursor).next_from(Instant::now());
-        let producer = lock(&s.producer).clone();
         let started = Instant::now();
-        let outcome = relay_batch(settings, &s.pool, &producer, &s.source, from).await;
+        turn.last_claim = Some(started);
+        let from = lock(&s.cursor).next_from(started);
+        let producer = lock(&s.producer).clone();
+        let outcome = relay_batch(s, &producer, from, turn).await;
         s.health.set_ready(outcome.is_ok());
-        let delay = match outcome {
+        match outcome {
             Ok(batch) => {
                 lock(&s.pg).ok();
                 lock(&s.kafka).ok();
@@ -210,49 +298,10 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
                         "batch committed"
                     );
                 }
-                let full = batch.claimed as i64 >= settings.batch_size;
-                s.busy
-                    .send_if_modified(|b| std::mem::replace(b, full) != full);
-                if full || index > 0 {
-                    continue; // a full batch: there is probably more, claim again at once
-                }
-                // Polls are paced from the start of the last claim, not its end: a row written
-                // just after a claim then waits at most one poll interval, not the batch's
-                // broker round trip plus an interval.
-                let next_poll = tokio::time::Instant::from_std(started + settings.poll_interval);
-                tokio::select! {
-                    biased;
-                    _ = s.shutdown.cancelled() => break,
-                    _ = s.wake.notified() => {}
-                    _ = tokio::time::sleep_until(next_poll) => {}
-                }
-                continue;
             }
-            Err(BatchError::Postgres(e)) => {
-                stats.failed("postgres");
-                lock(&s.pg).failed(&e, false)
-            }
-            Err(BatchError::Kafka(e)) => {
-                stats.failed("kafka");
-                let mut current = lock(&s.producer);
-                if let Some(fatal) = publish::is_fatal(&current) {
-                    tracing::warn!(
-                        error = fatal,
-                        "kafka producer hit a fatal error, recreating it"
-                    );
-                    *current = publish::create_producer(&settings.kafka, settings.delivery_timeout)
-                        .map_err(RelayError::Producer)?;
-                }
-                drop(current);
-                lock(&s.kafka).failed(&chain(&e), false)
-            }
-        };
-        // After a failure only worker 0 retries; the others wait for a full batch again.
-        s.busy.send_if_modified(|b| std::mem::replace(b, false));
-        tokio::select! {
-            biased;
-            _ = s.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
+            // Already recorded, and claims held off, by `Shared::failed`.
+            Err(Failed::Batch) => {}
+            Err(Failed::Fatal(e)) => return Err(e),
         }
     }
     Ok(())
@@ -354,28 +403,74 @@ async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool 
     }
 }
 
-/// One batch, in one transaction on one connection. Dropping the transaction before
-/// COMMIT (any `?` below) rolls it back.
+/// How a batch ended when it did not commit.
+enum Failed {
+    /// Rolled back; recorded and held off by [`Shared::failed`].
+    Batch,
+    /// The producer could not be recreated: the relay stops.
+    Fatal(RelayError),
+}
+
+/// One batch, in one transaction on one connection. `turn` is released as soon as the rows
+/// are claimed (locked), telling the next claim whether to go at once (a full batch). A
+/// sweep (`from_id` 0) releases it before claiming: under a long-open transaction elsewhere
+/// it walks every dead tuple since, and ordinary claims from the hint need not wait for it
+/// (SKIP LOCKED keeps the two apart). A failure is recorded with [`Shared::failed`] before
+/// the transaction is dropped (which rolls it back), so no worker claims the released rows
+/// before the backoff has passed.
 async fn relay_batch(
-    settings: &RelaySettings,
-    pool: &Pool,
+    s: &Shared,
     producer: &FutureProducer,
-    source: &str,
     from_id: i64,
-) -> Result<Batch, BatchError> {
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| BatchError::Postgres(chain(&e)))?;
-    let tx = client.transaction().await?;
-    let rows = outbox::claim(&tx, settings.batch_size, from_id).await?;
+    turn: tokio::sync::MutexGuard<'_, Turn>,
+) -> Result<Batch, Failed> {
+    let settings = &s.settings;
+    let fail = |e: BatchError| match s.failed(&e) {
+        Ok(()) => Failed::Batch,
+        Err(fatal) => Failed::Fatal(fatal),
+    };
+    let mut turn = Some(turn);
+    if from_id == 0 {
+        drop(turn.take());
+    }
+    // Releases the turn; the next claim goes at once if `again`.
+    let mut pass = |again: bool| {
+        if let Some(mut t) = turn.take() {
+            t.again = again;
+        }
+    };
+    let mut client = match s.pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let failed = fail(BatchError::Postgres(chain(&e)));
+            pass(true); // after `fail` set the retry gate the next claim waits for
+            return Err(failed);
+        }
+    };
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let failed = fail(e.into());
+            pass(true);
+            return Err(failed);
+        }
+    };
+    let rows = match outbox::claim(&tx, settings.batch_size, from_id).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            let failed = fail(e.into());
+            pass(true);
+            return Err(failed);
+        }
+    };
+    pass(rows.len() as i64 >= settings.batch_size);
     if rows.is_empty() {
-        tx.rollback().await?;
+        tx.rollback().await.map_err(|e| fail(e.into()))?;
         return Ok(Batch::default());
     }
-    let outcomes = publish::publish_batch(producer, &rows, &settings.topic, source)
+    let outcomes = publish::publish_batch(producer, &rows, &settings.topic, &s.source)
         .await
-        .map_err(BatchError::Kafka)?;
+        .map_err(|e| fail(BatchError::Kafka(e)))?;
     let mut buried = 0;
     for (row, outcome) in rows.iter().zip(&outcomes) {
         if let RecordOutcome::Rejected(reason) = outcome {
@@ -385,7 +480,9 @@ async fn relay_batch(
                 error = reason,
                 "the broker can never accept this row; moved to invalidator.outbox_dead"
             );
-            outbox::bury(&tx, row, reason).await?;
+            outbox::bury(&tx, row, reason)
+                .await
+                .map_err(|e| fail(e.into()))?;
             buried += 1;
         }
     }
@@ -393,7 +490,7 @@ async fn relay_batch(
         tracing::warn!("failpoint relay-before-commit: aborting after publish, before COMMIT");
         std::process::abort();
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(|e| fail(e.into()))?;
     Ok(Batch {
         claimed: rows.len(),
         buried,
