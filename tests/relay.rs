@@ -273,7 +273,8 @@ async fn a_row_written_while_a_batch_awaits_acks_is_claimed_at_once() {
     mock.broker_round_trip_time(1, Duration::from_secs(3))
         .expect("slow broker");
     // Rows the relay holds are locked: a SKIP LOCKED read does not see them.
-    let unlocked = "SELECT count(*) FROM (SELECT 1 FROM invalidator.outbox FOR UPDATE SKIP LOCKED) t";
+    let unlocked =
+        "SELECT count(*) FROM (SELECT 1 FROM invalidator.outbox FOR UPDATE SKIP LOCKED) t";
     let first = insert(&c, "first", 1).await;
     eventually(WAIT, "a batch holds the first row", || async move {
         cc.query_one(unlocked, &[]).await.unwrap().get::<_, i64>(0) == 0
@@ -291,7 +292,10 @@ async fn a_row_written_while_a_batch_awaits_acks_is_claimed_at_once() {
             pending, 2,
             "the first batch committed before the second row was claimed: claims waited for it"
         );
-        assert!(std::time::Instant::now() < deadline, "the second row was never claimed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second row was never claimed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 

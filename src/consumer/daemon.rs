@@ -30,10 +30,23 @@ use super::settings::ConsumerSettings;
 use super::Health;
 
 /// librdkafka's local prefetch queue, KiB (its default is 65536).
-const QUEUED_KBYTES: &str = "4096";
-/// Most bytes one fetch response may carry (librdkafka's default is 50 MiB); at least
-/// `message.max.bytes` (1 MB by default).
+const QUEUED_KBYTES: &str = "1024";
+/// Most bytes one fetch response may carry (librdkafka's default is 50 MiB). Kafka returns a
+/// larger first record anyway (KIP-74); tansu does not, and a record above this would stall
+/// its partition, so this is 4 MiB: a 2 MB poison record reaches the DLQ
+/// (`tests/consumer.rs::poison_records_are_dead_lettered`). 1 MiB saved 10 MB of RSS.
 const FETCH_MAX_BYTES: &str = "4194304";
+/// How long librdkafka postpones a partition's next fetch once the queue is over its
+/// threshold (its default is 1000 ms, `fetch.queue.backoff.ms`, librdkafka ≥ 2.4).
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
+/// The prefetch settings above, as the daemon sets them (`-X` overrides them); the benchmark's
+/// bare consumer uses the same.
+pub const FETCH_SETTINGS: [(&str, &str); 3] = [
+    ("queued.max.messages.kbytes", QUEUED_KBYTES),
+    ("fetch.max.bytes", FETCH_MAX_BYTES),
+    ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+];
 
 /// How often an idle consumer PINGs Redis to keep its readiness current.
 const IDLE_PING: std::time::Duration = std::time::Duration::from_secs(2);
@@ -108,20 +121,23 @@ pub async fn run(
     )
     .map_err(ConsumeError::Producer)?;
 
+    let defaults: Vec<(&str, &str)> = [
+        ("auto.offset.reset", "earliest"),
+        ("enable.auto.commit", "true"),
+        ("enable.partition.eof", "false"),
+    ]
+    .into_iter()
+    // librdkafka prefetches up to 64 MiB with 50 MiB fetches by default: 82 MB RSS draining
+    // a backlog. With a small queue, its default fetch.queue.backoff.ms (1 s) left the queue
+    // empty after every batch: with a 4 MiB queue the consumer waited 60% of a drain for
+    // records, at 46k keys/s and 38-63 MB. A 10 ms backoff keeps it fed: 1 MiB queue, 4 MiB
+    // fetches, 108k keys/s at 34 MB (BENCHMARKS.md, run 4). A full queue (Redis down) then
+    // re-checks 100 times a second instead of once: 1.2% of a core, measured.
+    .chain(FETCH_SETTINGS)
+    .collect();
     let consumer: StreamConsumer<CommitOnRevoke> = settings
         .kafka
-        .client_config(&[
-            ("auto.offset.reset", "earliest"),
-            ("enable.auto.commit", "true"),
-            ("enable.partition.eof", "false"),
-            // librdkafka prefetches up to 64 MiB with 50 MiB fetches by default. Draining a
-            // 200k-record backlog (BENCHMARKS.md): default 82 MB RSS at 87k keys/s; 8 MiB
-            // 81 MB, 80k; 4 MiB 56 MB, 55k; 2 MiB 37 MB, 32k. 4 MiB keeps the throughput
-            // target (50k keys/s); `-X queued.max.messages.kbytes=2048 -X
-            // fetch.max.bytes=2097152` trades it for the memory one (40 MB).
-            ("queued.max.messages.kbytes", QUEUED_KBYTES),
-            ("fetch.max.bytes", FETCH_MAX_BYTES),
-        ])
+        .client_config(&defaults)
         .set("group.id", &settings.group)
         .set("enable.auto.offset.store", "false")
         .create_with_context(CommitOnRevoke)

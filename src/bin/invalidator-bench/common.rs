@@ -15,6 +15,8 @@ pub struct Env {
     pub admin_url: String,
     pub redis_url: String,
     pub brokers: String,
+    /// Extra `-X KEY=VALUE` for the consumer process (`--consumer-option`).
+    pub consumer_options: Vec<String>,
 }
 
 impl Env {
@@ -25,6 +27,7 @@ impl Env {
             redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
             // The memory engine: latency and throughput runs never resume a consumer group.
             brokers: var("KAFKA_BROKERS", "127.0.0.1:9093"),
+            consumer_options: Vec::new(),
         }
     }
 }
@@ -302,16 +305,21 @@ pub async fn insert_outbox(c: &tokio_postgres::Client, n: i64, prefix: &str) {
 
 /// Starts `invalidator consume` on `topic` (group `<topic>_g`), polling tansu quickly.
 pub async fn start_consumer(env: &Env, topic: &str) -> Daemon {
+    let group = format!("{topic}_g");
+    let mut args = vec![
+        "--topic",
+        topic,
+        "--group",
+        &group,
+        "-X",
+        "fetch.wait.max.ms=5",
+    ];
+    for option in &env.consumer_options {
+        args.extend(["-X", option.as_str()]);
+    }
     Daemon::start(
         "consume",
-        &[
-            "--topic",
-            topic,
-            "--group",
-            &format!("{topic}_g"),
-            "-X",
-            "fetch.wait.max.ms=5",
-        ],
+        &args,
         &[
             ("KAFKA_BROKERS", &env.brokers),
             ("REDIS_URL", &env.redis_url),

@@ -85,6 +85,13 @@ pub async fn run(env: &Env, keys: usize, rss: &mut Vec<(String, f64)>) {
             d.map_err(|(e, _)| e).expect("produce");
         }
     }
+    // Kafka alone: a bare librdkafka consumer with the daemon's fetch settings reads the same
+    // records and does nothing with them. The consumer cannot be faster than this.
+    t.row(&[
+        "Kafka alone: bare librdkafka consumer, daemon's fetch settings, no Redis".into(),
+        read_only_rate(env, &topic, keys).await,
+        "none".into(),
+    ]);
     let consumer = start_consumer(env, &topic).await;
     // From the first key applied to the last (the group join is not counted).
     while consumer
@@ -103,6 +110,26 @@ pub async fn run(env: &Env, keys: usize, rss: &mut Vec<(String, f64)>) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
+    // Where a batch's time goes: how many records librdkafka had ready, and how long one
+    // batch (decode, one Redis pipeline, offsets) took, from the consumer's own metrics.
+    let batches = consumer
+        .metric("invalidator_consumer_batch_duration_seconds_count")
+        .await;
+    let batch_seconds = consumer
+        .metric("invalidator_consumer_batch_duration_seconds_sum")
+        .await;
+    let records = consumer.metric("invalidator_consumer_records_total").await;
+    let batch_note = if batches > 0.0 {
+        format!(
+            "consumer batches: {batches:.0}, mean {:.0} records, mean {:.2} ms each; \
+             {:.0}% of the drain was spent inside batches",
+            records / batches,
+            1000.0 * batch_seconds / batches,
+            100.0 * batch_seconds / elapsed.as_secs_f64()
+        )
+    } else {
+        "consumer batches: none counted".into()
+    };
     rss.push((
         "consumer, draining at full speed".into(),
         consumer.peak_rss_mib(),
@@ -141,6 +168,59 @@ pub async fn run(env: &Env, keys: usize, rss: &mut Vec<(String, f64)>) {
             "1 DEL".into(),
         ]);
     }
+    println!("\n{batch_note}");
+}
+
+/// Reads `n` records of `topic` from the start in a group of its own, with the settings the
+/// consumer daemon fetches with (and `--consumer-option`s); records/s from the first record
+/// to the last.
+async fn read_only_rate(env: &Env, topic: &str, n: usize) -> String {
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let mut options: Vec<(String, String)> = [
+        ("group.id", format!("{topic}_raw")),
+        ("auto.offset.reset", "earliest".into()),
+        ("enable.auto.commit", "false".into()),
+        ("fetch.wait.max.ms", "5".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .chain(
+        invalidator::consumer::daemon::FETCH_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .collect();
+    for o in &env.consumer_options {
+        if let Some((k, v)) = o.split_once('=') {
+            options.push((k.to_string(), v.to_string()));
+        }
+    }
+    let pairs: Vec<(&str, &str)> = options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let consumer: StreamConsumer = kafka(env)
+        .client_config(&pairs)
+        .create()
+        .expect("a bare consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut stream = consumer.stream();
+    let mut seen = 0usize;
+    let mut started = None;
+    while seen < n {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+            Ok(Some(Ok(_))) => {
+                started.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+            Ok(Some(Err(e))) => return format!("read failed: {e}"),
+            Ok(None) | Err(_) => return format!("stalled after {seen} records"),
+        }
+    }
+    let rate_text = rate(n as f64, started.map_or(Duration::ZERO, |s| s.elapsed()));
+    drop(stream);
+    rate_text
 }
 
 /// `DEL benchdel:__rand_int__: 977517.06 requests per second, p50=…` → `977517`.

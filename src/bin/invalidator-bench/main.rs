@@ -75,6 +75,11 @@ struct Args {
     /// (e) events per second written meanwhile.
     #[arg(long, default_value_t = 5000)]
     hold_rate: u64,
+    /// (b), (c) extra librdkafka options for the consumer process, `KEY=VALUE` (its `-X`),
+    /// e.g. `--consumer-option queued.max.messages.kbytes=2048` to measure the memory and
+    /// throughput trade-off of a smaller prefetch.
+    #[arg(long = "consumer-option", value_name = "KEY=VALUE")]
+    consumer_options: Vec<String>,
     /// Tiny sizes everywhere: proves the harness works, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -95,7 +100,8 @@ async fn main() {
         a.hold_seconds = 3;
         a.hold_rate = 500;
     }
-    let env = common::Env::from_env();
+    let mut env = common::Env::from_env();
+    env.consumer_options = a.consumer_options.clone();
     let wants = |s: &str| a.scenarios.iter().any(|x| x == s);
     println!("# invalidator-bench");
     println!(
