@@ -407,11 +407,14 @@ pub fn rate(n: f64, elapsed: Duration) -> String {
     format!("{:.0}", n / elapsed.as_secs_f64())
 }
 
-/// CPU time so far, per process name (from /proc/<pid>/stat) and for the whole machine, in
-/// clock ticks: taken before and after a run, the difference says where the cores went.
+/// CPU time so far, per process (from /proc/<pid>/stat: name and ticks) and for the whole
+/// machine, in clock ticks: taken before and after a run, the difference says where the cores
+/// went. Per pid, not per name: a kernel worker renames itself with each work item
+/// (`kworker/0:1-events` → `kworker/0:1-writeback`), and a name first seen after the run
+/// would otherwise be charged the thread's whole lifetime.
 #[derive(Debug, Default, Clone)]
 pub struct CpuSnapshot {
-    pub by_name: std::collections::HashMap<String, u64>,
+    pub by_pid: std::collections::HashMap<u32, (String, u64)>,
     pub busy: u64,
     pub total: u64,
 }
@@ -439,7 +442,14 @@ pub fn cpu_snapshot() -> CpuSnapshot {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let name = stat[open + 1..close].to_string();
+        let Ok(pid) = stat[..open].trim().parse::<u32>() else {
+            continue;
+        };
+        // All kernel workers as one: their names carry the current work item.
+        let name = match &stat[open + 1..close] {
+            n if n.starts_with("kworker/") => "kworker (kernel)".to_string(),
+            n => n.to_string(),
+        };
         let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let ticks = rest
             .get(11)
@@ -449,7 +459,7 @@ pub fn cpu_snapshot() -> CpuSnapshot {
                 .get(12)
                 .and_then(|s| s.parse::<u64>().ok())
                 .unwrap_or(0);
-        *snap.by_name.entry(name).or_default() += ticks;
+        snap.by_pid.insert(pid, (name, ticks));
     }
     snap
 }
@@ -459,14 +469,16 @@ pub fn cpu_summary(before: &CpuSnapshot, after: &CpuSnapshot) -> String {
     let total = after.total.saturating_sub(before.total).max(1) as f64;
     let busy = after.busy.saturating_sub(before.busy) as f64 / total * 100.0;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let mut shares: Vec<(String, f64)> = after
-        .by_name
-        .iter()
-        .map(|(n, t)| {
-            let d = t.saturating_sub(before.by_name.get(n).copied().unwrap_or(0)) as f64;
-            // total counts ticks of every core; a process's ticks are per core too.
-            (n.clone(), d / total * 100.0)
-        })
+    let mut by_name: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (pid, (name, t)) in &after.by_pid {
+        // A pid absent before was born during the run: all its ticks are the run's.
+        let was = before.by_pid.get(pid).map_or(0, |(_, t)| *t);
+        *by_name.entry(name.as_str()).or_default() += t.saturating_sub(was);
+    }
+    let mut shares: Vec<(String, f64)> = by_name
+        .into_iter()
+        // total counts ticks of every core; a process's ticks are per core too.
+        .map(|(n, d)| (n.to_string(), d as f64 / total * 100.0))
         .filter(|(_, s)| *s >= 1.0)
         .collect();
     shares.sort_by(|a, b| b.1.total_cmp(&a.1));
