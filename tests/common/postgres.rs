@@ -96,19 +96,26 @@ impl PgServer {
         self.dir.0.join("data").display().to_string()
     }
 
-    /// Runs a PostgreSQL tool, as `postgres` when we are root; panics with its output.
-    fn run_tool(&self, tool: &str, args: &[&str]) {
+    /// A PostgreSQL tool's command line, run as `postgres` when we are root.
+    fn tool(&self, tool: &str, args: &[&str]) -> Command {
         let exe = self.bindir.join(tool);
-        let out = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
         } else {
-            Command::new(&exe).args(args).output()
-        }
-        .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
+            Command::new(exe)
+        };
+        cmd.args(args);
+        cmd
+    }
+
+    /// Runs a PostgreSQL tool; panics with its output when it fails.
+    fn run_tool(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .tool(tool, args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
         assert!(
             out.status.success(),
             "{tool} {args:?} failed: {}\n{}\nserver log:\n{}",
@@ -170,18 +177,10 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         if self.running {
-            let exe = self.bindir.join("pg_ctl");
             let data = self.data();
-            let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-            let _ = if is_root() {
-                Command::new("runuser")
-                    .args(["-u", "postgres", "--"])
-                    .arg(&exe)
-                    .args(args)
-                    .output()
-            } else {
-                Command::new(&exe).args(args).output()
-            };
+            let _ = self
+                .tool("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+                .output();
         }
     }
 }
