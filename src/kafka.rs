@@ -50,6 +50,13 @@ pub enum KafkaSetupError {
          --create-topics), topics are never assumed to auto-create"
     )]
     TopicMissing { topic: String, brokers: String },
+    /// A missing topic met by a command that only reads (`status`, `dlq`): it creates none.
+    #[error(
+        "topic {topic:?} does not exist on the brokers at {brokers}: check --topic and the \
+         brokers (this command only reads; the relay or consumer with --create-topics, or \
+         your own tooling, creates topics)"
+    )]
+    TopicAbsent { topic: String, brokers: String },
     #[error("cannot read topic metadata from the brokers at {brokers}: are they reachable?")]
     Metadata {
         brokers: String,
@@ -279,7 +286,7 @@ impl KafkaSettings {
                 .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                 .collect();
             if partitions.is_empty() {
-                return Err(KafkaSetupError::TopicMissing {
+                return Err(KafkaSetupError::TopicAbsent {
                     topic,
                     brokers: brokers.clone(),
                 });

@@ -483,6 +483,10 @@ async fn bad_input_is_refused_and_empty_is_fine() {
             stderr.contains(&format!("\"{missing}.dlq\" does not exist")),
             "{stderr}"
         );
+        assert!(
+            stderr.contains("check --topic") && !stderr.contains("start with --create-topics"),
+            "a read-only command must not suggest a flag it does not have: {stderr}"
+        );
     }
 
     let topic = unique("t");

@@ -320,7 +320,8 @@ async fn status_errors_say_what_to_do() {
     .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains(&format!("topic \"{missing}\" does not exist")),
+        text(&out.stderr).contains(&format!("topic \"{missing}\" does not exist"))
+            && text(&out.stderr).contains("this command only reads"),
         "{}",
         text(&out.stderr)
     );
