@@ -107,6 +107,7 @@ pub async fn run(
             again: true,
         }),
         retry_at: Mutex::new(None),
+        kafka_down: std::sync::atomic::AtomicBool::new(false),
         settings,
         pool,
         source,
@@ -164,6 +165,8 @@ struct Shared {
     /// No claim before this instant: set by a failing batch before its transaction rolls
     /// back, so the rows it releases are not claimed again before the backoff has passed.
     retry_at: Mutex<Option<Instant>>,
+    /// The last batch that talked to Kafka failed: not ready until one publishes.
+    kafka_down: std::sync::atomic::AtomicBool,
 }
 
 /// State handed from one claim to the next.
@@ -204,6 +207,11 @@ impl Shared {
                 lock(&self.kafka).failed(&chain(e), false)
             }
         };
+        if matches!(error, BatchError::Kafka(_)) {
+            self.kafka_down
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.health.set_ready(false);
         let until = Instant::now() + delay;
         let mut at = lock(&self.retry_at);
         *at = Some(at.map_or(until, |t| t.max(until)));
@@ -273,11 +281,19 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
         let from = lock(&s.cursor).next_from(started);
         let producer = lock(&s.producer).clone();
         let outcome = relay_batch(s, &producer, from, turn).await;
-        s.health.set_ready(outcome.is_ok());
         match outcome {
             Ok(batch) => {
                 lock(&s.pg).ok();
-                lock(&s.kafka).ok();
+                // A claim that found nothing (or only rows another batch holds) never talked
+                // to Kafka: it must not report Kafka as recovered, nor make the relay ready
+                // while another batch is failing to publish.
+                if batch.claimed > 0 {
+                    lock(&s.kafka).ok();
+                    s.kafka_down
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                s.health
+                    .set_ready(!s.kafka_down.load(std::sync::atomic::Ordering::Relaxed));
                 if batch.claimed > 0 {
                     stats.batches.inc();
                     stats
@@ -299,7 +315,7 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
                     );
                 }
             }
-            // Already recorded, and claims held off, by `Shared::failed`.
+            // Already recorded, readiness cleared and claims held off by `Shared::failed`.
             Err(Failed::Batch) => {}
             Err(Failed::Fatal(e)) => return Err(e),
         }
