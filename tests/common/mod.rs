@@ -4,7 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../../src/bin/invalidator-bench/http.rs"]
+mod http;
 pub mod kafka;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use http::http_get;
 pub mod postgres;
 pub mod tansu;
 
@@ -167,24 +171,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("local addr")
         .port()
-}
-
-/// GET `path` over plain HTTP/1.1; the whole response (status line, headers, body). Empty if
-/// nothing listens.
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .is_err()
-    {
-        return String::new();
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
 }
 
 /// Parses the Prometheus text format into `series → value`, where a series is the metric

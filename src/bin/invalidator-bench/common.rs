@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+pub use crate::http::http_get;
 use tokio::process::{Child, Command};
 
 /// Where the services are, from the same variables the daemons read.
@@ -237,22 +238,6 @@ impl Daemon {
             other => eprintln!("bench: invalidator {} stopped badly: {other:?}", self.what),
         }
     }
-}
-
-pub async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .is_err()
-    {
-        return String::new();
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
 }
 
 /// An application writer: one connection that commits "update a row and invalidate its key"

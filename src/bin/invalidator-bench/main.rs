@@ -23,6 +23,7 @@
 mod backlog;
 mod common;
 mod consumer;
+mod http;
 mod latency;
 mod notify;
 mod relay;
