@@ -33,6 +33,9 @@ pub const RELAY_BATCHES: &str = "invalidator_relay_batches_total";
 pub const RELAY_BATCH_FAILURES: &str = "invalidator_relay_batch_failures_total";
 /// Claim → COMMIT of a non-empty batch.
 pub const RELAY_BATCH_DURATION: &str = "invalidator_relay_batch_duration_seconds";
+/// The claim statement of every batch (lock and delete up to `--batch-size` rows), empty
+/// claims included. Claims take turns, so its sum over a drain is the relay's serial part.
+pub const RELAY_CLAIM_DURATION: &str = "invalidator_relay_claim_duration_seconds";
 /// Outbox row `created_at` → acknowledged by Kafka and committed.
 pub const RELAY_LATENCY: &str = "invalidator_relay_latency_seconds";
 /// Rows in `invalidator.outbox`, sampled every [`BACKLOG_SAMPLE`].
@@ -93,6 +96,7 @@ pub struct RelayMetrics {
     pub batches: Counter,
     pub batch_failures: Family<DependencyLabel, Counter>,
     pub batch_duration: Histogram,
+    pub claim_duration: Histogram,
     pub latency: Histogram,
     pub backlog: Gauge,
     pub oldest_age: Gauge<f64, AtomicU64>,
@@ -106,6 +110,7 @@ impl Default for RelayMetrics {
             batches: Counter::default(),
             batch_failures: Family::default(),
             batch_duration: duration_histogram(),
+            claim_duration: duration_histogram(),
             latency: duration_histogram(),
             backlog: Gauge::default(),
             oldest_age: Gauge::default(),
@@ -135,6 +140,11 @@ impl Register for RelayMetrics {
             RELAY_BATCH_DURATION,
             help(RELAY_BATCH_DURATION),
             self.batch_duration.clone(),
+        );
+        r.register(
+            RELAY_CLAIM_DURATION,
+            help(RELAY_CLAIM_DURATION),
+            self.claim_duration.clone(),
         );
         r.register(RELAY_LATENCY, help(RELAY_LATENCY), self.latency.clone());
         r.register(OUTBOX_BACKLOG, help(OUTBOX_BACKLOG), self.backlog.clone());
@@ -222,6 +232,7 @@ fn help(name: &str) -> &'static str {
         RELAY_BATCHES => "Batches committed.",
         RELAY_BATCH_FAILURES => "Batches rolled back, by the dependency that failed.",
         RELAY_BATCH_DURATION => "Claim to COMMIT of a non-empty batch.",
+        RELAY_CLAIM_DURATION => "The claim statement of each batch, empty claims included.",
         RELAY_LATENCY => "Outbox row created_at to acknowledged by Kafka and committed.",
         OUTBOX_BACKLOG => "Rows in invalidator.outbox (sampled).",
         OUTBOX_OLDEST_AGE => "Age of the oldest row in invalidator.outbox (sampled).",

@@ -5,11 +5,13 @@ mod common;
 
 #[tokio::test]
 /// `invalidator-bench --smoke` exits 0 and prints every scenario's table, and the latency
-/// scenario observed every event it wrote (the pipeline lost none).
+/// scenario observed every event it wrote (the pipeline lost none), the floor probe's too.
 async fn bench_smoke_runs_every_scenario() {
     let brokers = common::kafka::fast_brokers();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_invalidator-bench"))
         .arg("--smoke")
+        // The floor probed during each pipeline run, at a rate of its own to tell its rows apart.
+        .args(["--floor-probe-rate", "50"])
         .env("KAFKA_BROKERS", &brokers)
         .env_remove("INVALIDATOR_KAFKA_OPTIONS")
         .output()
@@ -45,5 +47,16 @@ async fn bench_smoke_runs_every_scenario() {
     assert_eq!(latency_rows.len(), 3, "{stdout}");
     for row in latency_rows {
         assert!(row.contains("| 100/100 |"), "every event observed: {row}");
+    }
+    let probe_rows: Vec<&str> = latency
+        .lines()
+        .filter(|l| l.starts_with("| 50 | broker alone, probed during the run above | "))
+        .collect();
+    assert_eq!(probe_rows.len(), 2, "one probe per pipeline run:\n{stdout}");
+    for row in probe_rows {
+        assert!(
+            row.contains("| 50/50 |"),
+            "every probe record observed: {row}"
+        );
     }
 }

@@ -450,6 +450,15 @@ pub fn cpu_snapshot() -> CpuSnapshot {
 }
 
 /// "machine 97% busy; invalidator 41%, postgres 35%, tansu 20%" (shares of the machine).
+/// The machine's busy CPU time between two snapshots `elapsed` apart, in core-seconds (every
+/// process, the kernel included: what the run cost the machine).
+pub fn busy_core_seconds(before: &CpuSnapshot, after: &CpuSnapshot, elapsed: Duration) -> f64 {
+    let total = after.total.saturating_sub(before.total).max(1) as f64;
+    let busy = after.busy.saturating_sub(before.busy) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    busy / total * cores * elapsed.as_secs_f64()
+}
+
 pub fn cpu_summary(before: &CpuSnapshot, after: &CpuSnapshot) -> String {
     let total = after.total.saturating_sub(before.total).max(1) as f64;
     let busy = after.busy.saturating_sub(before.busy) as f64 / total * 100.0;

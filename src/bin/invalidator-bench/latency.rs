@@ -24,7 +24,15 @@ use crate::common::*;
 /// Concurrent writer connections; each commits at `rate / WRITERS` per second.
 const WRITERS: usize = 8;
 
-pub async fn run(env: &Env, rates: &[u64], seconds: u64, rss: &mut Vec<(String, f64)>) {
+/// `probe_rate` > 0 also measures the broker floor during each pipeline run, at that rate
+/// (its own topic, producer and consumer): the floor under the pipeline's load, next to it.
+pub async fn run(
+    env: &Env,
+    rates: &[u64],
+    seconds: u64,
+    probe_rate: u64,
+    rss: &mut Vec<(String, f64)>,
+) {
     let mut stages = Vec::new();
     let t = Table::start(
         &format!(
@@ -51,13 +59,22 @@ pub async fn run(env: &Env, rates: &[u64], seconds: u64, rss: &mut Vec<(String, 
             rate * seconds,
         );
         for notify in [false, true] {
-            let (p, daemons, stage) = pipeline(env, rate, seconds, notify).await;
+            let (p, daemons, stage, probe) = pipeline(env, rate, seconds, notify, probe_rate).await;
             let path = if notify {
                 "pipeline, enable_notify() on"
             } else {
                 "pipeline, polling (10 ms)"
             };
             row(&t, rate, path, p, rate * seconds);
+            if let Some(probe) = probe {
+                row(
+                    &t,
+                    probe_rate,
+                    "broker alone, probed during the run above",
+                    probe,
+                    probe_rate * seconds,
+                );
+            }
             for (what, mib) in daemons {
                 rss.push((format!("{what}, {rate} events/s, {path}"), mib));
             }
@@ -99,59 +116,89 @@ fn row(t: &Table, rate: u64, path: &str, p: Percentiles, expected: u64) {
 /// Sends one record per tick at `rate` and measures send → receive on a consumer that
 /// polls with `fetch.wait.max.ms=5` (tansu holds a fetch for the whole wait otherwise).
 async fn broker_floor(env: &Env, rate: u64, seconds: u64) -> Percentiles {
-    let topic = format!("bench_floor_{}", run_id());
-    create_topics(env, std::slice::from_ref(&topic), 6).await;
-    let k = kafka(env);
-    let consumer: StreamConsumer = k
-        .client_config(&[
-            ("fetch.wait.max.ms", "5"),
-            ("auto.offset.reset", "earliest"),
-        ])
-        .set("group.id", format!("{topic}_g"))
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
-    let producer: FutureProducer = k
-        .client_config(&[("linger.ms", "0"), ("acks", "all")])
-        .create()
-        .expect("producer");
-    let epoch = Instant::now();
-    let total = rate * seconds;
-    let receiver = tokio::spawn(async move {
-        let mut out = Vec::with_capacity(total as usize);
-        let mut stream = consumer.stream();
-        let deadline = Instant::now() + Duration::from_secs(seconds + 60);
-        while (out.len() as u64) < total && Instant::now() < deadline {
-            let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await
-            else {
-                continue;
-            };
-            let sent_ns: u64 = m
-                .payload()
-                .and_then(|p| std::str::from_utf8(p).ok())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let now_ns = epoch.elapsed().as_nanos() as u64;
-            out.push((now_ns.saturating_sub(sent_ns)) as f64 / 1e6);
-        }
-        out
-    });
-    // Let the consumer join its group before the clock starts.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut deliveries = Vec::new();
-    for i in 0..total {
-        tick.tick().await;
-        let payload = epoch.elapsed().as_nanos().to_string();
-        let key = i.to_string();
-        match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
-            Ok(d) => deliveries.push(d),
-            Err((e, _)) => panic!("producing: {e}"),
+    FloorProbe::new(env).await.run(rate, seconds).await
+}
+
+/// The broker floor's producer and consumer, joined and ready: built before a pipeline run
+/// when the floor is also probed during it (`--floor-probe-rate`).
+struct FloorProbe {
+    topic: String,
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+}
+
+impl FloorProbe {
+    async fn new(env: &Env) -> FloorProbe {
+        let topic = format!("bench_floor_{}", run_id());
+        create_topics(env, std::slice::from_ref(&topic), 6).await;
+        let k = kafka(env);
+        let consumer: StreamConsumer = k
+            .client_config(&[
+                ("fetch.wait.max.ms", "5"),
+                ("auto.offset.reset", "earliest"),
+            ])
+            .set("group.id", format!("{topic}_g"))
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let producer: FutureProducer = k
+            .client_config(&[("linger.ms", "0"), ("acks", "all")])
+            .create()
+            .expect("producer");
+        // Let the consumer join its group before the clock starts.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        FloorProbe {
+            topic,
+            consumer,
+            producer,
         }
     }
-    futures::future::join_all(deliveries).await;
-    percentiles(receiver.await.expect("receiver"))
+
+    async fn run(self, rate: u64, seconds: u64) -> Percentiles {
+        let FloorProbe {
+            topic,
+            consumer,
+            producer,
+        } = self;
+        let epoch = Instant::now();
+        let total = rate * seconds;
+        let receiver = tokio::spawn(async move {
+            let mut out = Vec::with_capacity(total as usize);
+            let mut stream = consumer.stream();
+            let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+            while (out.len() as u64) < total && Instant::now() < deadline {
+                let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_secs(1), stream.next()).await
+                else {
+                    continue;
+                };
+                let sent_ns: u64 = m
+                    .payload()
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let now_ns = epoch.elapsed().as_nanos() as u64;
+                out.push((now_ns.saturating_sub(sent_ns)) as f64 / 1e6);
+            }
+            drop(stream);
+            drop(consumer);
+            out
+        });
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut deliveries = Vec::new();
+        for i in 0..total {
+            tick.tick().await;
+            let payload = epoch.elapsed().as_nanos().to_string();
+            let key = i.to_string();
+            match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
+                Ok(d) => deliveries.push(d),
+                Err((e, _)) => panic!("producing: {e}"),
+            }
+        }
+        futures::future::join_all(deliveries).await;
+        percentiles(receiver.await.expect("receiver"))
+    }
 }
 
 /// The real pipeline: relay and consumer processes, writers at `rate`, Redis observed.
@@ -164,7 +211,13 @@ async fn pipeline(
     rate: u64,
     seconds: u64,
     notify: bool,
-) -> (Percentiles, Vec<(&'static str, f64)>, Stages) {
+    probe_rate: u64,
+) -> (
+    Percentiles,
+    Vec<(&'static str, f64)>,
+    Stages,
+    Option<Percentiles>,
+) {
     let db = ScratchDb::new(env, "latency").await;
     let id = run_id();
     let topic = format!("bench_lat_{id}");
@@ -283,6 +336,17 @@ async fn pipeline(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    let probe = if probe_rate > 0 {
+        Some(FloorProbe::new(env).await)
+    } else {
+        None
+    };
+    let probing = async {
+        match probe {
+            Some(p) => Some(p.run(probe_rate, seconds).await),
+            None => None,
+        }
+    };
     let mut writers = Vec::new();
     for w in 0..WRITERS as u64 {
         let url = db.url.clone();
@@ -304,10 +368,13 @@ async fn pipeline(
             }
         }));
     }
-    for w in writers {
-        w.await.expect("writer");
-    }
-    let latencies = observer.await.expect("observer");
+    let writing = async {
+        for w in writers {
+            w.await.expect("writer");
+        }
+        observer.await.expect("observer")
+    };
+    let (latencies, probe) = tokio::join!(writing, probing);
     let daemons = vec![
         ("relay", relay.peak_rss_mib()),
         ("consumer", consumer.peak_rss_mib()),
@@ -337,5 +404,5 @@ async fn pipeline(
         .expect("restoring notify-keyspace-events");
     drop(c);
     drop(db);
-    (percentiles(latencies), daemons, stages)
+    (percentiles(latencies), daemons, stages, probe)
 }

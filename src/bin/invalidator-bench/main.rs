@@ -58,6 +58,10 @@ struct Args {
     /// (b) seconds of writing per rate.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// (b) also measure the broker floor during each pipeline run, at this many records/s
+    /// (0: not). The probe's own load is on the pipeline too; compare with a run without it.
+    #[arg(long, default_value_t = 0)]
+    floor_probe_rate: u64,
     /// (c) events drained by the consumer.
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
@@ -118,7 +122,7 @@ async fn main() {
         relay::run(&env, a.rows, &a.batches, &a.in_flight, &mut rss).await;
     }
     if wants("latency") {
-        latency::run(&env, &a.rates, a.seconds, &mut rss).await;
+        latency::run(&env, &a.rates, a.seconds, a.floor_probe_rate, &mut rss).await;
     }
     if wants("consumer") {
         consumer::run(&env, a.keys, &mut rss).await;
