@@ -47,9 +47,44 @@ pub async fn claim(
     limit: i64,
     from_id: i64,
 ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
+    Ok(claimed_rows(claim_raw(tx, limit, from_id).await?))
+}
+
+/// Rows claimed by [`claim_raw`], still as PostgreSQL sent them: enough to know how many and
+/// the highest id (what the next claim needs) before decoding them with [`claimed_rows`].
+pub struct RawClaim(Vec<tokio_postgres::Row>);
+
+impl RawClaim {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The highest id claimed (RETURNING has no defined order).
+    pub fn max_id(&self) -> Option<i64> {
+        self.0.iter().map(|r| r.get::<_, i64>(0)).max()
+    }
+}
+
+/// Runs the claim statement only. The relay holds its claim turn for this part and decodes
+/// the rows ([`claimed_rows`]) after passing the turn on: decoding 5,000 rows' keys and
+/// headers took milliseconds the next claim need not wait for.
+pub async fn claim_raw(
+    tx: &Transaction<'_>,
+    limit: i64,
+    from_id: i64,
+) -> Result<RawClaim, tokio_postgres::Error> {
     let stmt = tx.prepare_cached(CLAIM).await?;
-    let rows = tx.query(&stmt, &[&limit, &from_id]).await?;
-    let mut out: Vec<OutboxRow> = rows
+    Ok(RawClaim(tx.query(&stmt, &[&limit, &from_id]).await?))
+}
+
+/// Decodes claimed rows, in id order.
+pub fn claimed_rows(raw: RawClaim) -> Vec<OutboxRow> {
+    let mut out: Vec<OutboxRow> = raw
+        .0
         .iter()
         .map(|r| OutboxRow {
             id: r.get(0),
@@ -64,7 +99,7 @@ pub async fn claim(
         .collect();
     // RETURNING has no defined order.
     out.sort_unstable_by_key(|r| r.id);
-    Ok(out)
+    out
 }
 
 /// Moves a claimed (already deleted) row to `outbox_dead` with the reason, in the same

@@ -7,6 +7,12 @@
 //! window are still in front of the hint; rows whose transaction stayed open longer are
 //! picked up by a full sweep from the start every `sweep_interval`. Correctness never
 //! depends on the hint: the sweep sees everything.
+//!
+//! While claims come back full (a backlog is draining), the next claim starts right after
+//! the last one's highest id instead of at the trailing floor: otherwise it would step over
+//! every row the batches still in flight hold locked (SKIP LOCKED visits each one) and over
+//! the second's worth of rows claimed since the floor. A row committed late below that point
+//! meanwhile waits for the drain to end or for the next sweep, as it would past the floor.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -23,6 +29,8 @@ pub struct Cursor {
     recent: VecDeque<(Instant, i64)>,
     /// Highest id claimed at least HINT_LAG ago.
     floor: i64,
+    /// Highest id of the last claim, while claims come back full.
+    continuation: Option<i64>,
 }
 
 impl Cursor {
@@ -32,6 +40,7 @@ impl Cursor {
             last_sweep: None,
             recent: VecDeque::new(),
             floor: 0,
+            continuation: None,
         }
     }
 
@@ -51,11 +60,18 @@ impl Cursor {
             self.floor = self.floor.max(id);
             self.recent.pop_front();
         }
-        if self.floor == 0 {
-            0
-        } else {
-            self.floor + 1
+        let from = if self.floor == 0 { 0 } else { self.floor + 1 };
+        match self.continuation {
+            Some(id) => from.max(id + 1),
+            None => from,
         }
+    }
+
+    /// What the claim that just took its turn found: a full batch (`Some(its highest id)`)
+    /// makes the next claim continue after it; anything else (a partial or empty claim, a
+    /// failed batch, whose rows are released below that point) sends it back to the floor.
+    pub fn continue_after(&mut self, full_batch_max_id: Option<i64>) {
+        self.continuation = full_batch_max_id;
     }
 
     /// Records the highest id a committed batch claimed.
@@ -97,6 +113,43 @@ mod tests {
             201,
             "after the sweep the hint is back"
         );
+    }
+
+    #[test]
+    /// Full batches chain: each claim starts after the last one's highest id, even within
+    /// the lag; a partial batch or a failure goes back to the floor; sweeps still come.
+    fn full_batches_continue_after_the_last_claim() {
+        let t0 = Instant::now();
+        let mut c = Cursor::new(Duration::from_secs(5));
+        assert_eq!(c.next_from(t0), 0, "first claim is a full sweep");
+        c.continue_after(Some(1000));
+        c.claimed(t0, 1000);
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(c.next_from(t1), 1001, "continues past the full batch");
+        c.continue_after(Some(2000));
+        assert_eq!(c.next_from(t1), 2001);
+        c.continue_after(None);
+        assert_eq!(
+            c.next_from(t1),
+            0,
+            "a partial batch goes back to the floor (none yet within the lag)"
+        );
+        c.continue_after(Some(3000));
+        let t2 = t0 + Duration::from_millis(1100);
+        assert_eq!(
+            c.next_from(t2),
+            3001,
+            "the continuation is past the floor (1001)"
+        );
+        c.continue_after(None);
+        assert_eq!(c.next_from(t2), 1001, "back to the floor");
+        c.continue_after(Some(4000));
+        assert_eq!(
+            c.next_from(t0 + Duration::from_secs(5)),
+            0,
+            "the periodic sweep still comes"
+        );
+        assert_eq!(c.next_from(t0 + Duration::from_millis(5010)), 4001);
     }
 
     #[test]

@@ -212,6 +212,8 @@ impl Shared {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.health.set_ready(false);
+        // Its rows are released below any continuation point: back to the hint.
+        lock(&self.cursor).continue_after(None);
         let until = Instant::now() + delay;
         let mut at = lock(&self.retry_at);
         *at = Some(at.map_or(until, |t| t.max(until)));
@@ -449,9 +451,11 @@ async fn relay_batch(
     if from_id == 0 {
         drop(turn.take());
     }
-    // Releases the turn; the next claim goes at once if `again`.
-    let mut pass = |again: bool| {
+    // Releases the turn; the next claim goes at once if `again`, and continues after
+    // `continue_after` (a full batch's highest id) instead of at the trailing hint.
+    let mut pass = |again: bool, continue_after: Option<i64>| {
         if let Some(mut t) = turn.take() {
+            lock(&s.cursor).continue_after(continue_after);
             t.again = again;
         }
     };
@@ -459,7 +463,7 @@ async fn relay_batch(
         Ok(c) => c,
         Err(e) => {
             let failed = fail(BatchError::Postgres(chain(&e)));
-            pass(true); // after `fail` set the retry gate the next claim waits for
+            pass(true, None); // after `fail` set the retry gate the next claim waits for
             return Err(failed);
         }
     };
@@ -467,19 +471,28 @@ async fn relay_batch(
         Ok(tx) => tx,
         Err(e) => {
             let failed = fail(e.into());
-            pass(true);
+            pass(true, None);
             return Err(failed);
         }
     };
-    let rows = match outbox::claim(&tx, settings.batch_size, from_id).await {
-        Ok(rows) => rows,
+    let claim_started = Instant::now();
+    let raw = match outbox::claim_raw(&tx, settings.batch_size, from_id).await {
+        Ok(raw) => {
+            s.health
+                .stats
+                .claim_duration
+                .observe(claim_started.elapsed().as_secs_f64());
+            raw
+        }
         Err(e) => {
             let failed = fail(e.into());
-            pass(true);
+            pass(true, None);
             return Err(failed);
         }
     };
-    pass(rows.len() as i64 >= settings.batch_size);
+    let full = raw.len() as i64 >= settings.batch_size;
+    pass(full, if full { raw.max_id() } else { None });
+    let rows = outbox::claimed_rows(raw);
     if rows.is_empty() {
         tx.rollback().await.map_err(|e| fail(e.into()))?;
         return Ok(Batch::default());
