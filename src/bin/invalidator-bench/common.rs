@@ -18,6 +18,8 @@ pub struct Env {
     pub brokers: String,
     /// Extra `-X KEY=VALUE` for the consumer process (`--consumer-option`).
     pub consumer_options: Vec<String>,
+    /// Extra arguments for the relay process of (b) (`--relay-arg`).
+    pub relay_args: Vec<String>,
 }
 
 impl Env {
@@ -29,6 +31,7 @@ impl Env {
             // The memory engine: latency and throughput runs never resume a consumer group.
             brokers: var("KAFKA_BROKERS", "127.0.0.1:9093"),
             consumer_options: Vec::new(),
+            relay_args: Vec::new(),
         }
     }
 }

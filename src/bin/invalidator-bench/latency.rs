@@ -87,15 +87,17 @@ pub async fn run(
             "rate",
             "path",
             "relay: created_at → acked + committed, p50 / p99 ms",
+            "relay: one batch, claim → COMMIT, p50 / p99 ms",
             "consumer: created_at → applied, p50 / p99 ms",
         ],
     );
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("≤ {v:.0}"));
-    for (rate, path, [r50, r99, c50, c99]) in stages {
+    for (rate, path, [r50, r99, c50, c99, b50, b99]) in stages {
         t.row(&[
             rate.to_string(),
             path.to_string(),
             format!("{} / {}", ms(r50), ms(r99)),
+            format!("{} / {}", ms(b50), ms(b99)),
             format!("{} / {}", ms(c50), ms(c99)),
         ]);
     }
@@ -203,8 +205,9 @@ impl FloorProbe {
 
 /// The real pipeline: relay and consumer processes, writers at `rate`, Redis observed.
 /// Returns the latencies and the daemons' peak RSS.
-/// The relay's and the consumer's own latency quantiles (p50, p99 of each), in ms.
-type Stages = [Option<f64>; 4];
+/// The relay's and the consumer's own latency quantiles (p50, p99 of each), then the
+/// relay's batch duration (p50, p99), in ms.
+type Stages = [Option<f64>; 6];
 
 async fn pipeline(
     env: &Env,
@@ -313,9 +316,11 @@ async fn pipeline(
             .await
             .expect("enable_notify");
     }
+    let mut relay_args = vec!["--topic", topic.as_str()];
+    relay_args.extend(env.relay_args.iter().map(String::as_str));
     let relay = Daemon::start(
         "relay",
-        &["--topic", &topic],
+        &relay_args,
         &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &env.brokers)],
     )
     .await;
@@ -391,6 +396,12 @@ async fn pipeline(
             .await,
         consumer
             .histogram_quantile_ms("invalidator_consumer_end_to_end_latency_seconds", 0.99)
+            .await,
+        relay
+            .histogram_quantile_ms("invalidator_relay_batch_duration_seconds", 0.5)
+            .await,
+        relay
+            .histogram_quantile_ms("invalidator_relay_batch_duration_seconds", 0.99)
             .await,
     ];
     relay.stop().await;

@@ -85,6 +85,10 @@ struct Args {
     /// throughput trade-off of a smaller prefetch.
     #[arg(long = "consumer-option", value_name = "KEY=VALUE")]
     consumer_options: Vec<String>,
+    /// (b) extra arguments for the relay process, one per flag, e.g.
+    /// `--relay-arg=--in-flight --relay-arg=8`.
+    #[arg(long = "relay-arg", value_name = "ARG", allow_hyphen_values = true)]
+    relay_args: Vec<String>,
     /// Tiny sizes everywhere: proves the harness works, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -107,6 +111,7 @@ async fn main() {
     }
     let mut env = common::Env::from_env();
     env.consumer_options = a.consumer_options.clone();
+    env.relay_args = a.relay_args.clone();
     let wants = |s: &str| a.scenarios.iter().any(|x| x == s);
     println!("# invalidator-bench");
     println!(
