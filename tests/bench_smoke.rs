@@ -5,13 +5,16 @@ mod common;
 
 #[tokio::test]
 /// `invalidator-bench --smoke` exits 0 and prints every scenario's table, and the latency
-/// scenario observed every event it wrote (the pipeline lost none), the floor probe's too.
+/// scenario observed every event it wrote (the pipeline lost none), the floor probe's too,
+/// and the tap consumer fetched every one.
 async fn bench_smoke_runs_every_scenario() {
     let brokers = common::kafka::fast_brokers();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_invalidator-bench"))
         .arg("--smoke")
         // The floor probed during each pipeline run, at a rate of its own to tell its rows apart.
         .args(["--floor-probe-rate", "50"])
+        // And each event's latency split where a second consumer fetched its record.
+        .arg("--tap")
         .env("KAFKA_BROKERS", &brokers)
         .env_remove("INVALIDATOR_KAFKA_OPTIONS")
         .output()
@@ -57,6 +60,21 @@ async fn bench_smoke_runs_every_scenario() {
         assert!(
             row.contains("| 50/50 |"),
             "every probe record observed: {row}"
+        );
+    }
+    let split = stdout
+        .split("### ")
+        .find(|section| section.starts_with("(b) each event split"))
+        .expect("the --tap table");
+    let split_rows: Vec<&str> = split
+        .lines()
+        .filter(|l| l.starts_with("| 100 | "))
+        .collect();
+    assert_eq!(split_rows.len(), 2, "{stdout}");
+    for row in split_rows {
+        assert!(
+            row.contains(" | 100 | "),
+            "every event fetched by the tap and seen gone: {row}"
         );
     }
 }

@@ -26,13 +26,17 @@ const WRITERS: usize = 8;
 
 /// `probe_rate` > 0 also measures the broker floor during each pipeline run, at that rate
 /// (its own topic, producer and consumer): the floor under the pipeline's load, next to it.
+/// `tap` also reads the pipeline's topic with a second consumer, to split each event's
+/// latency at the moment its record could be fetched from Kafka.
 pub async fn run(
     env: &Env,
     rates: &[u64],
     seconds: u64,
     probe_rate: u64,
+    tap: bool,
     rss: &mut Vec<(String, f64)>,
 ) {
+    let mut splits = Vec::new();
     let mut stages = Vec::new();
     let t = Table::start(
         &format!(
@@ -59,7 +63,8 @@ pub async fn run(
             rate * seconds,
         );
         for notify in [false, true] {
-            let (p, daemons, stage, probe) = pipeline(env, rate, seconds, notify, probe_rate).await;
+            let run = pipeline(env, rate, seconds, notify, probe_rate, tap).await;
+            let (p, daemons, stage, probe) = (run.latencies, run.daemons, run.stages, run.probe);
             let path = if notify {
                 "pipeline, enable_notify() on"
             } else {
@@ -79,6 +84,32 @@ pub async fn run(
                 rss.push((format!("{what}, {rate} events/s, {path}"), mib));
             }
             stages.push((rate, path, stage));
+            if let Some(split) = run.split {
+                splits.push((rate, path, split));
+            }
+        }
+    }
+    if !splits.is_empty() {
+        let t = Table::start(
+            "(b) each event split where a second consumer fetched its record (--tap)",
+            &[
+                "rate",
+                "path",
+                "events",
+                "commit → fetched, p50 / p99 ms",
+                "fetched → key gone, p50 / p99 ms",
+                "slowest 1% end to end: median commit → fetched / fetched → gone, ms",
+            ],
+        );
+        for (rate, path, split) in splits {
+            t.row(&[
+                rate.to_string(),
+                path.to_string(),
+                split.n.to_string(),
+                format!("{:.1} / {:.1}", split.to_kafka.p50, split.to_kafka.p99),
+                format!("{:.1} / {:.1}", split.from_kafka.p50, split.from_kafka.p99),
+                format!("{:.1} / {:.1}", split.tail_to_kafka, split.tail_from_kafka),
+            ]);
         }
     }
     let t = Table::start(
@@ -209,18 +240,118 @@ impl FloorProbe {
 /// relay's batch duration (p50, p99), in ms.
 type Stages = [Option<f64>; 6];
 
+/// What one pipeline run measured.
+struct PipelineRun {
+    latencies: Percentiles,
+    daemons: Vec<(&'static str, f64)>,
+    stages: Stages,
+    probe: Option<Percentiles>,
+    split: Option<Split>,
+}
+
+/// Each event's commit → key gone, cut where a second consumer (`--tap`, same fetch
+/// settings as the daemon, a group of its own) received its record. The cut is that
+/// consumer's view: its fetches and the daemon's are separate, so the two parts are each
+/// within a fetch wait (5 ms) of the daemon's own split.
+struct Split {
+    n: usize,
+    to_kafka: Percentiles,
+    from_kafka: Percentiles,
+    /// Medians of the two parts over the slowest 1% of events end to end.
+    tail_to_kafka: f64,
+    tail_from_kafka: f64,
+}
+
+fn split(
+    committed: &HashMap<u64, Instant>,
+    fetched: &HashMap<u64, Instant>,
+    gone: &HashMap<u64, Instant>,
+) -> Split {
+    let ms = |a: Instant, b: Instant| {
+        if b >= a {
+            b.duration_since(a).as_secs_f64() * 1e3
+        } else {
+            -(a.duration_since(b).as_secs_f64() * 1e3)
+        }
+    };
+    let mut parts: Vec<(f64, f64, f64)> = committed
+        .iter()
+        .filter_map(|(i, c)| {
+            let (f, g) = (fetched.get(i)?, gone.get(i)?);
+            Some((ms(*c, *g), ms(*c, *f), ms(*f, *g)))
+        })
+        .collect();
+    parts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let tail = &parts[parts.len() - parts.len().div_ceil(100).min(parts.len())..];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Split {
+        n: parts.len(),
+        to_kafka: percentiles(parts.iter().map(|p| p.1).collect()),
+        from_kafka: percentiles(parts.iter().map(|p| p.2).collect()),
+        tail_to_kafka: median(tail.iter().map(|p| p.1).collect()),
+        tail_from_kafka: median(tail.iter().map(|p| p.2).collect()),
+    }
+}
+
+/// Reads `topic` with a consumer of its own and records when each run event's record
+/// (its first key, `benchlat:<id>:<i>`) arrived, until `total` have or the deadline passes.
+async fn tap(
+    env: &Env,
+    topic: &str,
+    prefix: String,
+    total: u64,
+    deadline: Instant,
+) -> tokio::task::JoinHandle<HashMap<u64, Instant>> {
+    let consumer: StreamConsumer = kafka(env)
+        .client_config(&[
+            ("fetch.wait.max.ms", "5"),
+            ("auto.offset.reset", "earliest"),
+        ])
+        .set("group.id", format!("{topic}_tap"))
+        .create()
+        .expect("tap consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    tokio::spawn(async move {
+        let mut at = HashMap::with_capacity(total as usize);
+        {
+            let mut stream = consumer.stream();
+            while (at.len() as u64) < total && Instant::now() < deadline {
+                let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_secs(1), stream.next()).await
+                else {
+                    continue;
+                };
+                let now = Instant::now();
+                let Some(event) = m.payload().and_then(|p| invalidator::wire::decode(p).ok())
+                else {
+                    continue;
+                };
+                if let Some(i) = event
+                    .keys
+                    .first()
+                    .and_then(|k| k.strip_prefix(prefix.as_str()))
+                    .and_then(|i| i.parse::<u64>().ok())
+                {
+                    at.entry(i).or_insert(now);
+                }
+            }
+        }
+        drop(consumer);
+        at
+    })
+}
+
 async fn pipeline(
     env: &Env,
     rate: u64,
     seconds: u64,
     notify: bool,
     probe_rate: u64,
-) -> (
-    Percentiles,
-    Vec<(&'static str, f64)>,
-    Stages,
-    Option<Percentiles>,
-) {
+    tap_topic: bool,
+) -> PipelineRun {
     let db = ScratchDb::new(env, "latency").await;
     let id = run_id();
     let topic = format!("bench_lat_{id}");
@@ -276,6 +407,7 @@ async fn pipeline(
     let observer = {
         let committed = committed.clone();
         tokio::spawn(async move {
+            let mut gone = HashMap::with_capacity(total as usize);
             let mut seen = Vec::with_capacity(total as usize);
             let mut stream = pubsub.on_message();
             let mut early = Vec::new();
@@ -299,6 +431,7 @@ async fn pipeline(
                 else {
                     continue;
                 };
+                gone.entry(i).or_insert(now);
                 match committed.lock().expect("lock").get(&i) {
                     Some(at) => seen.push(now.duration_since(*at).as_secs_f64() * 1000.0),
                     // Deleted before the writer recorded its commit: latency ~0; keep it.
@@ -306,7 +439,7 @@ async fn pipeline(
                 }
             }
             seen.extend(early.iter().map(|_| 0.0));
-            seen
+            (seen, gone)
         })
     };
 
@@ -341,6 +474,21 @@ async fn pipeline(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    let tapped = if tap_topic {
+        let handle = tap(
+            env,
+            &topic,
+            format!("benchlat:{id}:"),
+            total,
+            Instant::now() + Duration::from_secs(seconds + 60),
+        )
+        .await;
+        // Let it join its group before the clock starts.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Some(handle)
+    } else {
+        None
+    };
     let probe = if probe_rate > 0 {
         Some(FloorProbe::new(env).await)
     } else {
@@ -379,7 +527,15 @@ async fn pipeline(
         }
         observer.await.expect("observer")
     };
-    let (latencies, probe) = tokio::join!(writing, probing);
+    let ((latencies, gone), probe) = tokio::join!(writing, probing);
+    let split = match tapped {
+        Some(handle) => {
+            let fetched = handle.await.expect("tap");
+            let committed = committed.lock().expect("lock");
+            Some(split(&committed, &fetched, &gone))
+        }
+        None => None,
+    };
     let daemons = vec![
         ("relay", relay.peak_rss_mib()),
         ("consumer", consumer.peak_rss_mib()),
@@ -415,5 +571,11 @@ async fn pipeline(
         .expect("restoring notify-keyspace-events");
     drop(c);
     drop(db);
-    (percentiles(latencies), daemons, stages, probe)
+    PipelineRun {
+        latencies: percentiles(latencies),
+        daemons,
+        stages,
+        probe,
+        split,
+    }
 }

@@ -62,6 +62,10 @@ struct Args {
     /// (0: not). The probe's own load is on the pipeline too; compare with a run without it.
     #[arg(long, default_value_t = 0)]
     floor_probe_rate: u64,
+    /// (b) also read the pipeline's topic with a second consumer and split each event's
+    /// latency where its record could be fetched from Kafka.
+    #[arg(long)]
+    tap: bool,
     /// (c) events drained by the consumer.
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
@@ -127,7 +131,15 @@ async fn main() {
         relay::run(&env, a.rows, &a.batches, &a.in_flight, &mut rss).await;
     }
     if wants("latency") {
-        latency::run(&env, &a.rates, a.seconds, a.floor_probe_rate, &mut rss).await;
+        latency::run(
+            &env,
+            &a.rates,
+            a.seconds,
+            a.floor_probe_rate,
+            a.tap,
+            &mut rss,
+        )
+        .await;
     }
     if wants("consumer") {
         consumer::run(&env, a.keys, &mut rss).await;
