@@ -38,43 +38,28 @@ async fn bench_smoke_runs_every_scenario() {
     ] {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
-    // The rows of the latency table itself (later tables also start with the rate).
-    let latency = stdout
-        .split("### ")
-        .find(|section| section.starts_with("(b) end-to-end latency"))
-        .expect("the latency table");
-    let latency_rows: Vec<&str> = latency
-        .lines()
-        .filter(|l| l.starts_with("| 100 | "))
-        .collect();
-    assert_eq!(latency_rows.len(), 3, "{stdout}");
-    for row in latency_rows {
-        assert!(row.contains("| 100/100 |"), "every event observed: {row}");
-    }
-    let probe_rows: Vec<&str> = latency
-        .lines()
-        .filter(|l| l.starts_with("| 50 | broker alone, probed during the run above | "))
-        .collect();
-    assert_eq!(probe_rows.len(), 2, "one probe per pipeline run:\n{stdout}");
-    for row in probe_rows {
-        assert!(
-            row.contains("| 50/50 |"),
-            "every probe record observed: {row}"
-        );
-    }
-    let split = stdout
-        .split("### ")
-        .find(|section| section.starts_with("(b) each event split"))
-        .expect("the --tap table");
-    let split_rows: Vec<&str> = split
-        .lines()
-        .filter(|l| l.starts_with("| 100 | "))
-        .collect();
-    assert_eq!(split_rows.len(), 2, "{stdout}");
-    for row in split_rows {
-        assert!(
-            row.contains(" | 100 | "),
-            "every event fetched by the tap and seen gone: {row}"
-        );
-    }
+    // Each table's own rows (later tables also start with the rate): `want` rows that start
+    // with `prefix` in the section titled `title`, each containing `every`.
+    let check = |title: &str, prefix: &str, want: usize, every: &str| {
+        let section = stdout
+            .split("### ")
+            .find(|section| section.starts_with(title))
+            .unwrap_or_else(|| panic!("no table {title:?}:\n{stdout}"));
+        let rows: Vec<&str> = section.lines().filter(|l| l.starts_with(prefix)).collect();
+        assert_eq!(rows.len(), want, "{title} rows {prefix:?}:\n{stdout}");
+        for row in rows {
+            assert!(row.contains(every), "{title}: {every:?} missing in {row}");
+        }
+    };
+    // Every event observed: the pipeline lost none.
+    check("(b) end-to-end latency", "| 100 | ", 3, "| 100/100 |");
+    // One probe per pipeline run, every probe record observed.
+    check(
+        "(b) end-to-end latency",
+        "| 50 | broker alone, probed during the run above | ",
+        2,
+        "| 50/50 |",
+    );
+    // Every event fetched by the tap and seen gone.
+    check("(b) each event split", "| 100 | ", 2, " | 100 | ");
 }
