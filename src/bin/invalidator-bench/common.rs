@@ -452,7 +452,6 @@ pub fn cpu_snapshot() -> CpuSnapshot {
     snap
 }
 
-/// "machine 97% busy; invalidator 41%, postgres 35%, tansu 20%" (shares of the machine).
 /// The machine's busy CPU time between two snapshots `elapsed` apart, in core-seconds (every
 /// process, the kernel included: what the run cost the machine).
 pub fn busy_core_seconds(before: &CpuSnapshot, after: &CpuSnapshot, elapsed: Duration) -> f64 {
@@ -462,6 +461,7 @@ pub fn busy_core_seconds(before: &CpuSnapshot, after: &CpuSnapshot, elapsed: Dur
     busy / total * cores * elapsed.as_secs_f64()
 }
 
+/// "machine 97% busy; invalidator 41%, postgres 35%, tansu 20%" (shares of the machine).
 pub fn cpu_summary(before: &CpuSnapshot, after: &CpuSnapshot) -> String {
     let total = after.total.saturating_sub(before.total).max(1) as f64;
     let busy = after.busy.saturating_sub(before.busy) as f64 / total * 100.0;

@@ -234,8 +234,6 @@ impl FloorProbe {
     }
 }
 
-/// The real pipeline: relay and consumer processes, writers at `rate`, Redis observed.
-/// Returns the latencies and the daemons' peak RSS.
 /// The relay's and the consumer's own latency quantiles (p50, p99 of each), then the
 /// relay's batch duration (p50, p99), in ms.
 type Stages = [Option<f64>; 6];
@@ -298,7 +296,7 @@ fn split(
 
 /// Reads `topic` with a consumer of its own and records when each run event's record
 /// (its first key, `benchlat:<id>:<i>`) arrived, until `total` have or the deadline passes.
-async fn tap(
+fn tap(
     env: &Env,
     topic: &str,
     prefix: String,
@@ -344,6 +342,8 @@ async fn tap(
     })
 }
 
+/// The real pipeline: relay and consumer processes, writers at `rate`, Redis observed;
+/// with the floor probe and the tap consumer when asked for.
 async fn pipeline(
     env: &Env,
     rate: u64,
@@ -481,8 +481,7 @@ async fn pipeline(
             format!("benchlat:{id}:"),
             total,
             Instant::now() + Duration::from_secs(seconds + 60),
-        )
-        .await;
+        );
         // Let it join its group before the clock starts.
         tokio::time::sleep(Duration::from_secs(3)).await;
         Some(handle)
