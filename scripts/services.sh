@@ -36,6 +36,7 @@ apt_install() {
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_closed() { ! port_open "$1"; }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local secs=$1 what=$2; shift 2
@@ -95,9 +96,35 @@ tansu_binary() {
     || { tail -n 30 "$TOOLS/tansu-install.log" >&2; die "building tansu failed (log: $TOOLS/tansu-install.log)"; }
 }
 
+# Whether the broker on PORT answers a Metadata request (v1, all topics) within 3 s. A port
+# that accepts connections is not enough: tansu 0.6.0's sqlite engine can panic in its
+# idempotence check and then keep listening while failing every request.
+kafka_answers() { # kafka_answers PORT
+  local reply
+  reply=$(timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    # size 17: api_key 3 (Metadata), version 1, correlation id 1, client id "inv", topics -1
+    printf "\x00\x00\x00\x11\x00\x03\x00\x01\x00\x00\x00\x01\x00\x03inv\xff\xff\xff\xff" >&3
+    head -c 8 <&3 | od -An -tx1' _ "$1" 2>/dev/null)
+  # The reply starts with its size, then our correlation id.
+  [[ $reply =~ 00\ 00\ 00\ 01$ ]]
+}
+
 kafka() { # kafka PORT ENGINE
   local port=$1 engine=$2 dir=$TOOLS/run/tansu-$1
-  if port_open "$port"; then say "a broker already listens on 127.0.0.1:$port"; return 0; fi
+  if port_open "$port"; then
+    if kafka_answers "$port"; then say "a broker already listens on 127.0.0.1:$port"; return 0; fi
+    [ -f "$dir/tansu.pid" ] && kill -0 "$(cat "$dir/tansu.pid")" 2>/dev/null \
+      || die "something listens on 127.0.0.1:$port but does not answer Kafka requests, and it is not the tansu this script started; stop it and run again"
+    local aside
+    aside="$dir/wedged-$(date -u +%Y%m%dT%H%M%SZ)"
+    say "the tansu on 127.0.0.1:$port does not answer (its log: $dir/tansu.log); restarting it on fresh storage, the old files kept in $aside"
+    kill -9 "$(cat "$dir/tansu.pid")" 2>/dev/null || true
+    rm -f "$dir/tansu.pid"
+    wait_for 10 "port $port to close" port_closed "$port"
+    mkdir -p "$aside"
+    mv "$dir"/tansu.db* "$dir/tansu.log" "$aside/" 2>/dev/null || true
+  fi
   tansu_binary
   mkdir -p "$dir"
   say "starting tansu on 127.0.0.1:$port (storage $engine in $dir)"

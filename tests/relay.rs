@@ -445,9 +445,10 @@ async fn late_committing_transaction_is_published() {
 async fn late_row_below_a_draining_relay_is_published() {
     let db = migrated_db().await;
     let topic = unique("relay_late_drain");
-    // The memory engine: with tansu 0.6.0's sqlite engine, this drain (idempotent produce
-    // at full speed) next to another test's relay made the broker panic in its idempotence
-    // check ("more or less than one row") and stop answering; nothing here restarts it.
+    // The memory engine: with tansu 0.6.0's sqlite engine, a first version of this drain
+    // (batch 100, idempotent produce at full speed) next to another test's relay made the
+    // broker panic in its idempotence check ("more or less than one row") and stop
+    // answering, twice in a row; the suite's later tests would all have failed with it.
     let brokers = k::fast_brokers();
     k::create_topic(&brokers, &topic, 3).await;
     let mut a = db.client().await;
