@@ -492,11 +492,11 @@ async fn relay_batch(
     };
     let full = raw.len() as i64 >= settings.batch_size;
     pass(full, if full { raw.max_id() } else { None });
-    let rows = outbox::claimed_rows(raw);
-    if rows.is_empty() {
+    if raw.is_empty() {
         tx.rollback().await.map_err(|e| fail(e.into()))?;
         return Ok(Batch::default());
     }
+    let rows = outbox::claimed_rows(raw);
     let outcomes = publish::publish_batch(producer, &rows, &settings.topic, &s.source)
         .await
         .map_err(|e| fail(BatchError::Kafka(e)))?;

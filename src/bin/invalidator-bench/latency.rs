@@ -64,14 +64,13 @@ pub async fn run(
         );
         for notify in [false, true] {
             let run = pipeline(env, rate, seconds, notify, probe_rate, tap).await;
-            let (p, daemons, stage, probe) = (run.latencies, run.daemons, run.stages, run.probe);
             let path = if notify {
                 "pipeline, enable_notify() on"
             } else {
                 "pipeline, polling (10 ms)"
             };
-            row(&t, rate, path, p, rate * seconds);
-            if let Some(probe) = probe {
+            row(&t, rate, path, run.latencies, rate * seconds);
+            if let Some(probe) = run.probe {
                 row(
                     &t,
                     probe_rate,
@@ -80,10 +79,10 @@ pub async fn run(
                     probe_rate * seconds,
                 );
             }
-            for (what, mib) in daemons {
+            for (what, mib) in run.daemons {
                 rss.push((format!("{what}, {rate} events/s, {path}"), mib));
             }
-            stages.push((rate, path, stage));
+            stages.push((rate, path, run.stages));
             if let Some(split) = run.split {
                 splits.push((rate, path, split));
             }

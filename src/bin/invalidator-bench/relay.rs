@@ -35,10 +35,9 @@ pub async fn run(
     );
     let mut best_relay = 0f64;
     let mut best_sql = 0f64;
-    // Whole-machine CPU per row (µs) of the SQL alone and of the relay, at the best relay's
-    // batch size, for the summary.
+    // Whole-machine CPU per row (µs) and where it went, of the SQL alone per batch size and of
+    // the best relay, for the summary.
     let mut sql_cpu = std::collections::HashMap::new();
-    let mut sql_cpu_summary = std::collections::HashMap::new();
     let mut best_relay_cpu = (0i64, f64::NAN);
     for &batch in batches {
         preload(&c, rows, true).await;
@@ -61,9 +60,11 @@ pub async fn run(
         let cpu_after = cpu_snapshot();
         sql_cpu.insert(
             batch,
-            busy_core_seconds(&cpu_before, &cpu_after, elapsed) / rows as f64 * 1e6,
+            (
+                busy_core_seconds(&cpu_before, &cpu_after, elapsed) / rows as f64 * 1e6,
+                cpu_summary(&cpu_before, &cpu_after),
+            ),
         );
-        sql_cpu_summary.insert(batch, cpu_summary(&cpu_before, &cpu_after));
 
         for &in_flight in in_flights {
             let topic = format!("bench_relay_{}_{batch}_{in_flight}", run_id());
@@ -185,18 +186,17 @@ pub async fn run(
     // alone, adds up to a floor on the relay's CPU per row, and the cores to a ceiling on its
     // rate (a floor and a ceiling: running together only adds contention).
     let (batch, relay_cpu) = best_relay_cpu;
-    if let Some(sql_cpu) = sql_cpu.get(&batch) {
+    if let Some((sql_cpu, sql_cpu_summary)) = sql_cpu.get(&batch) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let both = sql_cpu + broker_cpu;
         println!(
             "CPU per row, whole machine, at batch {batch}: SQL alone {sql_cpu:.2} µs + broker produce {broker_cpu:.2} µs \
              = {both:.2} µs, so {cores:.0} cores run both for at most {:.0} rows/s; \
              the best relay used {relay_cpu:.2} µs per row ({:.2} of that ceiling)\n\
-             - SQL alone, batch {batch}: {}\n\
+             - SQL alone, batch {batch}: {sql_cpu_summary}\n\
              - broker produce (the harness is the client): {broker_cpu_summary}",
             cores / both * 1e6,
             best_relay / (cores / both * 1e6),
-            sql_cpu_summary[&batch],
         );
     }
     drop(c);
