@@ -6,7 +6,7 @@ mod common;
 #[tokio::test]
 /// `invalidator-bench --smoke` exits 0 and prints every scenario's table, and the latency
 /// scenario observed every event it wrote (the pipeline lost none), the floor probe's too,
-/// and the tap consumer fetched every one.
+/// the tap consumer fetched every one, and the relay's trace accounted for every one.
 async fn bench_smoke_runs_every_scenario() {
     let brokers = common::kafka::fast_brokers();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_invalidator-bench"))
@@ -15,6 +15,8 @@ async fn bench_smoke_runs_every_scenario() {
         .args(["--floor-probe-rate", "50"])
         // And each event's latency split where a second consumer fetched its record.
         .arg("--tap")
+        // And each event followed through the relay by its per-batch trace.
+        .arg("--trace")
         .env("KAFKA_BROKERS", &brokers)
         .env_remove("INVALIDATOR_KAFKA_OPTIONS")
         .output()
@@ -62,4 +64,14 @@ async fn bench_smoke_runs_every_scenario() {
     );
     // Every event fetched by the tap and seen gone.
     check("(b) each event split", "| 100 | ", 2, " | 100 | ");
+    // Every event found in the relay's trace, joined to its commit, fetch and deletion:
+    // seven stages per path, and the count under the table.
+    check(
+        "(b) each event through the relay",
+        "| 100 | ",
+        14,
+        "| pipeline, ",
+    );
+    let traced = stdout.matches(": 100 events traced;").count();
+    assert_eq!(traced, 2, "trace summaries:\n{stdout}");
 }

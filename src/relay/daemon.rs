@@ -263,6 +263,8 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
         if !s.wait_retry_gate().await {
             break;
         }
+        let got_turn = Instant::now();
+        let mut why = if turn.again { Why::Again } else { Why::Poll };
         if !turn.again {
             let next_poll = turn.last_claim.map_or_else(tokio::time::Instant::now, |t| {
                 tokio::time::Instant::from_std(t + settings.poll_interval)
@@ -270,7 +272,7 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
             tokio::select! {
                 biased;
                 _ = s.shutdown.cancelled() => break,
-                _ = s.wake.notified() => {}
+                _ = s.wake.notified() => why = Why::Notify,
                 _ = tokio::time::sleep_until(next_poll) => {}
             }
             // A batch that failed meanwhile holds claims off.
@@ -282,7 +284,8 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
         turn.last_claim = Some(started);
         let from = lock(&s.cursor).next_from(started);
         let producer = lock(&s.producer).clone();
-        let outcome = relay_batch(s, &producer, from, turn).await;
+        let mut trace = Trace::new(index, why, got_turn, started);
+        let outcome = relay_batch(s, &producer, from, turn, &mut trace).await;
         match outcome {
             Ok(batch) => {
                 lock(&s.pg).ok();
@@ -309,6 +312,7 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
                         stats.latency.observe(metrics::seconds_since(*created_at));
                     }
                     lock(&s.cursor).claimed(Instant::now(), batch.max_id);
+                    trace.emit(&batch);
                     tracing::debug!(
                         worker = index,
                         rows = batch.claimed,
@@ -441,6 +445,7 @@ async fn relay_batch(
     producer: &FutureProducer,
     from_id: i64,
     turn: tokio::sync::MutexGuard<'_, Turn>,
+    trace: &mut Trace,
 ) -> Result<Batch, Failed> {
     let settings = &s.settings;
     let fail = |e: BatchError| match s.failed(&e) {
@@ -482,6 +487,7 @@ async fn relay_batch(
                 .stats
                 .claim_duration
                 .observe(claim_started.elapsed().as_secs_f64());
+            trace.claimed = Some(Instant::now());
             raw
         }
         Err(e) => {
@@ -497,9 +503,13 @@ async fn relay_batch(
         return Ok(Batch::default());
     }
     let rows = outbox::claimed_rows(raw);
-    let outcomes = publish::publish_batch(producer, &rows, &settings.topic, &s.source)
+    let enqueued = publish::enqueue_batch(producer, &rows, &settings.topic, &s.source).await;
+    trace.sent = Some(Instant::now());
+    let outcomes = enqueued
+        .outcomes()
         .await
         .map_err(|e| fail(BatchError::Kafka(e)))?;
+    trace.acked = Some(Instant::now());
     let mut buried = 0;
     for (row, outcome) in rows.iter().zip(&outcomes) {
         if let RecordOutcome::Rejected(reason) = outcome {
@@ -520,6 +530,10 @@ async fn relay_batch(
         std::process::abort();
     }
     tx.commit().await.map_err(|e| fail(e.into()))?;
+    trace.committed = Some(Instant::now());
+    if trace.enabled {
+        trace.event_ids = rows.iter().map(|r| r.event_id).collect();
+    }
     Ok(Batch {
         claimed: rows.len(),
         buried,
@@ -531,6 +545,99 @@ async fn relay_batch(
             .map(|(r, _)| r.created_at)
             .collect(),
     })
+}
+
+/// The `tracing` target of the per-batch trace: off unless `RUST_LOG` names it at TRACE
+/// (e.g. `RUST_LOG=info,invalidator::relay::trace=trace`).
+pub const TRACE_TARGET: &str = "invalidator::relay::trace";
+
+/// What made a worker claim.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    /// The last claim came back full or failed, or none has run yet.
+    Again,
+    /// A NOTIFY wake-up.
+    Notify,
+    /// The poll interval since the last claim started.
+    Poll,
+}
+
+/// One committed batch's timeline, logged at TRACE on [`TRACE_TARGET`] as one event with
+/// wall-clock microseconds, so a benchmark can follow each event through the relay (it
+/// joins `event_ids` to its own commit and fetch times). Nothing is collected when the
+/// target is off.
+struct Trace {
+    enabled: bool,
+    worker: usize,
+    why: Why,
+    /// The worker got the claim turn (before waiting for a reason to claim).
+    got_turn: Instant,
+    /// It decided to claim.
+    started: Instant,
+    /// The claim statement returned (rows locked).
+    claimed: Option<Instant>,
+    /// Every record was handed to librdkafka.
+    sent: Option<Instant>,
+    /// Every delivery report was in.
+    acked: Option<Instant>,
+    /// COMMIT returned.
+    committed: Option<Instant>,
+    event_ids: Vec<uuid::Uuid>,
+}
+
+impl Trace {
+    fn new(worker: usize, why: Why, got_turn: Instant, started: Instant) -> Trace {
+        Trace {
+            enabled: tracing::enabled!(target: TRACE_TARGET, tracing::Level::TRACE),
+            worker,
+            why,
+            got_turn,
+            started,
+            claimed: None,
+            sent: None,
+            acked: None,
+            committed: None,
+            event_ids: Vec::new(),
+        }
+    }
+
+    fn emit(&self, batch: &Batch) {
+        if !self.enabled {
+            return;
+        }
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let unix_us = |at: Option<Instant>| -> i64 {
+            let Some(at) = at else { return 0 };
+            let wall_at = wall - now.saturating_duration_since(at);
+            wall_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        };
+        let mut ids = String::with_capacity(self.event_ids.len() * 37);
+        for id in &self.event_ids {
+            if !ids.is_empty() {
+                ids.push(' ');
+            }
+            ids.push_str(
+                id.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            );
+        }
+        tracing::trace!(
+            target: TRACE_TARGET,
+            worker = self.worker,
+            why = ?self.why,
+            rows = batch.claimed,
+            got_turn_us = unix_us(Some(self.got_turn)),
+            started_us = unix_us(Some(self.started)),
+            claimed_us = unix_us(self.claimed),
+            sent_us = unix_us(self.sent),
+            acked_us = unix_us(self.acked),
+            committed_us = unix_us(self.committed),
+            event_ids = ids,
+            "batch trace"
+        );
+    }
 }
 
 /// Keeps one LISTEN connection (outside the pool: pooled connections drop notifications

@@ -7,6 +7,6 @@ mod publish;
 mod settings;
 
 pub use cursor::{Cursor, HINT_LAG};
-pub use daemon::{run, Health, RelayError};
+pub use daemon::{run, Health, RelayError, TRACE_TARGET};
 pub use publish::{classify, create_producer, DeliveryClass};
 pub use settings::{Failpoint, RelaySettings};

@@ -1,11 +1,12 @@
 //! Turning outbox rows into Kafka records and publishing a batch of them: every record is
-//! enqueued first, then all delivery reports are awaited together.
+//! enqueued first ([`enqueue_batch`]), then all delivery reports are awaited
+//! ([`Enqueued::outcomes`]).
 
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::kafka::KafkaSettings;
@@ -133,14 +134,21 @@ pub enum RecordOutcome {
     Rejected(String),
 }
 
-/// Enqueues every row, then awaits every delivery report. Returns one outcome per row, or
-/// the first transient error (after all reports are in, so nothing is left in flight).
-pub async fn publish_batch(
+/// A batch whose records are all in librdkafka's queue; [`Enqueued::outcomes`] awaits
+/// their delivery reports. Two steps, so the relay can trace when the last record was
+/// handed over.
+pub struct Enqueued {
+    pending: Vec<Result<(DeliveryFuture, bool), String>>,
+    transient: Option<KafkaError>,
+}
+
+/// Hands every row's record to librdkafka (waiting out a full local queue).
+pub async fn enqueue_batch(
     producer: &FutureProducer,
     rows: &[OutboxRow],
     default_topic: &str,
     source: &str,
-) -> Result<Vec<RecordOutcome>, KafkaError> {
+) -> Enqueued {
     let mut pending = Vec::with_capacity(rows.len());
     let mut transient: Option<KafkaError> = None;
     for row in rows {
@@ -182,38 +190,50 @@ pub async fn publish_batch(
         }
     }
 
-    // One after another, in order: the batch is done when its last report is in, and once
-    // the first is, most of the rest are already there (a ready future returns at once).
-    // `join_all` over thousands of futures polled them through `FuturesOrdered`, whose
-    // bookkeeping was 20% of a draining relay's CPU (perf, BENCHMARKS.md).
-    let mut outcomes = Vec::with_capacity(rows.len());
-    for p in pending {
-        let result = match p {
-            Err(reason) => Err((reason, None)),
-            Ok((delivery, is_default)) => match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err((e.to_string(), Some((e, is_default)))),
-                Err(_canceled) => Err((
-                    "the producer dropped the delivery report".to_string(),
-                    Some((KafkaError::Canceled, is_default)),
-                )),
-            },
-        };
-        match result {
-            Ok(()) => outcomes.push(RecordOutcome::Delivered),
-            Err((reason, None)) => outcomes.push(RecordOutcome::Rejected(reason)),
-            Err((reason, Some((e, is_default)))) => match classify(&e, is_default) {
-                DeliveryClass::Permanent => outcomes.push(RecordOutcome::Rejected(reason)),
-                DeliveryClass::Transient => {
-                    transient.get_or_insert(e);
-                    outcomes.push(RecordOutcome::Rejected(reason));
-                }
-            },
+    Enqueued { pending, transient }
+}
+
+impl Enqueued {
+    /// Awaits every delivery report; one outcome per row, or the first transient error
+    /// (after all reports are in, so nothing is left in flight).
+    pub async fn outcomes(self) -> Result<Vec<RecordOutcome>, KafkaError> {
+        let Enqueued {
+            pending,
+            mut transient,
+        } = self;
+        // One after another, in order: the batch is done when its last report is in, and once
+        // the first is, most of the rest are already there (a ready future returns at once).
+        // `join_all` over thousands of futures polled them through `FuturesOrdered`, whose
+        // bookkeeping was 20% of a draining relay's CPU (perf, BENCHMARKS.md).
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for p in pending {
+            let result = match p {
+                Err(reason) => Err((reason, None)),
+                Ok((delivery, is_default)) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err((e.to_string(), Some((e, is_default)))),
+                    Err(_canceled) => Err((
+                        "the producer dropped the delivery report".to_string(),
+                        Some((KafkaError::Canceled, is_default)),
+                    )),
+                },
+            };
+            match result {
+                Ok(()) => outcomes.push(RecordOutcome::Delivered),
+                Err((reason, None)) => outcomes.push(RecordOutcome::Rejected(reason)),
+                Err((reason, Some((e, is_default)))) => match classify(&e, is_default) {
+                    DeliveryClass::Permanent => outcomes.push(RecordOutcome::Rejected(reason)),
+                    DeliveryClass::Transient => {
+                        transient.get_or_insert(e);
+                        outcomes.push(RecordOutcome::Rejected(reason));
+                    }
+                },
+            }
         }
-    }
-    match transient {
-        Some(e) => Err(e),
-        None => Ok(outcomes),
+        match transient {
+            Some(e) => Err(e),
+            None => Ok(outcomes),
+        }
     }
 }
 

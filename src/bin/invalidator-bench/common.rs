@@ -141,6 +141,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts it and waits until /readyz answers 200.
     pub async fn start(what: &'static str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_logging(what, args, env, None).await
+    }
+
+    /// [`Daemon::start`], with its stderr (the log) written to `log` when given.
+    pub async fn start_logging(
+        what: &'static str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Daemon {
         let metrics = free_addr();
         let mut cmd = Command::new(invalidator_bin());
         cmd.arg(what)
@@ -150,7 +160,13 @@ impl Daemon {
             // librdkafka's CONFWARN for consumer-only -X options on the DLQ producer is noise here.
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match log {
+                Some(path) => Stdio::from(
+                    std::fs::File::create(path)
+                        .unwrap_or_else(|e| panic!("creating {}: {e}", path.display())),
+                ),
+                None => Stdio::inherit(),
+            })
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
@@ -269,14 +285,17 @@ impl AppWriter {
         }
     }
 
-    /// `UPDATE bench_items … WHERE id = row; invalidate(key); COMMIT`.
-    pub async fn commit(&mut self, row: i32, key: &str) {
+    /// `UPDATE bench_items … WHERE id = row; invalidate(key); COMMIT`; the event's id.
+    pub async fn commit(&mut self, row: i32, key: &str) -> uuid::Uuid {
         let tx = self.client.transaction().await.expect("begin");
         tx.execute(&self.update, &[&row]).await.expect("update");
-        tx.execute(&self.invalidate, &[&key])
+        let event_id: uuid::Uuid = tx
+            .query_one(&self.invalidate, &[&key])
             .await
-            .expect("invalidate");
+            .expect("invalidate")
+            .get(0);
         tx.commit().await.expect("commit");
+        event_id
     }
 }
 

@@ -24,19 +24,29 @@ use crate::common::*;
 /// Concurrent writer connections; each commits at `rate / WRITERS` per second.
 const WRITERS: usize = 8;
 
-/// `probe_rate` > 0 also measures the broker floor during each pipeline run, at that rate
-/// (its own topic, producer and consumer): the floor under the pipeline's load, next to it.
-/// `tap` also reads the pipeline's topic with a second consumer, to split each event's
-/// latency at the moment its record could be fetched from Kafka.
+/// What a pipeline run measures besides commit → key gone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    /// > 0: also measure the broker floor during each pipeline run, at that rate (its own
+    /// topic, producer and consumer): the floor under the pipeline's load, next to it.
+    pub probe_rate: u64,
+    /// Also read the pipeline's topic with a second consumer, to split each event's
+    /// latency at the moment its record could be fetched from Kafka.
+    pub tap: bool,
+    /// Also log the relay's per-batch trace and follow each event through the relay.
+    pub trace: bool,
+}
+
 pub async fn run(
     env: &Env,
     rates: &[u64],
     seconds: u64,
-    probe_rate: u64,
-    tap: bool,
+    extras: Extras,
     rss: &mut Vec<(String, f64)>,
 ) {
+    let probe_rate = extras.probe_rate;
     let mut splits = Vec::new();
+    let mut traces = Vec::new();
     let mut stages = Vec::new();
     let t = Table::start(
         &format!(
@@ -63,7 +73,7 @@ pub async fn run(
             rate * seconds,
         );
         for notify in [false, true] {
-            let run = pipeline(env, rate, seconds, notify, probe_rate, tap).await;
+            let run = pipeline(env, rate, seconds, notify, extras).await;
             let path = if notify {
                 "pipeline, enable_notify() on"
             } else {
@@ -86,7 +96,13 @@ pub async fn run(
             if let Some(split) = run.split {
                 splits.push((rate, path, split));
             }
+            if let Some(trace) = run.trace {
+                traces.push((rate, path, trace));
+            }
         }
+    }
+    if !traces.is_empty() {
+        print_traces(&traces);
     }
     if !splits.is_empty() {
         let t = Table::start(
@@ -244,6 +260,7 @@ struct PipelineRun {
     stages: Stages,
     probe: Option<Percentiles>,
     split: Option<Split>,
+    trace: Option<Traced>,
 }
 
 /// Each event's commit → key gone, cut where a second consumer (`--tap`, same fetch
@@ -343,14 +360,12 @@ fn tap(
 
 /// The real pipeline: relay and consumer processes, writers at `rate`, Redis observed;
 /// with the floor probe and the tap consumer when asked for.
-async fn pipeline(
-    env: &Env,
-    rate: u64,
-    seconds: u64,
-    notify: bool,
-    probe_rate: u64,
-    tap_topic: bool,
-) -> PipelineRun {
+async fn pipeline(env: &Env, rate: u64, seconds: u64, notify: bool, extras: Extras) -> PipelineRun {
+    let Extras {
+        probe_rate,
+        tap: tap_topic,
+        trace,
+    } = extras;
     let db = ScratchDb::new(env, "latency").await;
     let id = run_id();
     let topic = format!("bench_lat_{id}");
@@ -392,6 +407,7 @@ async fn pipeline(
         .expect("CONFIG SET notify-keyspace-events");
 
     let committed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let event_ids: Arc<Mutex<HashMap<uuid::Uuid, u64>>> = Arc::default();
     let mut pubsub = redis.get_async_pubsub().await.expect("pubsub");
     let db_index = env
         .redis_url
@@ -450,10 +466,21 @@ async fn pipeline(
     }
     let mut relay_args = vec!["--topic", topic.as_str()];
     relay_args.extend(env.relay_args.iter().map(String::as_str));
-    let relay = Daemon::start(
+    let trace_log = std::env::temp_dir().join(format!("invalidator-bench-trace-{id}.jsonl"));
+    let mut relay_env = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("KAFKA_BROKERS", &env.brokers),
+    ];
+    let trace_filter = format!("error,{}=trace", invalidator::relay::TRACE_TARGET);
+    if trace {
+        relay_args.extend(["--log-format", "json"]);
+        relay_env.push(("RUST_LOG", &trace_filter));
+    }
+    let relay = Daemon::start_logging(
         "relay",
         &relay_args,
-        &[("DATABASE_URL", &db.url), ("KAFKA_BROKERS", &env.brokers)],
+        &relay_env,
+        trace.then_some(trace_log.as_path()),
     )
     .await;
     let consumer = start_consumer(env, &topic).await;
@@ -502,6 +529,7 @@ async fn pipeline(
     for w in 0..WRITERS as u64 {
         let url = db.url.clone();
         let committed = committed.clone();
+        let event_ids = event_ids.clone();
         let id = id.clone();
         writers.push(tokio::spawn(async move {
             let mut writer = AppWriter::connect(&url).await;
@@ -511,10 +539,11 @@ async fn pipeline(
             let mut i = w;
             while i < total {
                 tick.tick().await;
-                writer
+                let event_id = writer
                     .commit((i % 10_000) as i32 + 1, &format!("benchlat:{id}:{i}"))
                     .await;
                 committed.lock().expect("lock").insert(i, Instant::now());
+                event_ids.lock().expect("lock").insert(event_id, i);
                 i += WRITERS as u64;
             }
         }));
@@ -526,14 +555,13 @@ async fn pipeline(
         observer.await.expect("observer")
     };
     let ((latencies, gone), probe) = tokio::join!(writing, probing);
-    let split = match tapped {
-        Some(handle) => {
-            let fetched = handle.await.expect("tap");
-            let committed = committed.lock().expect("lock");
-            Some(split(&committed, &fetched, &gone))
-        }
+    let fetched = match tapped {
+        Some(handle) => Some(handle.await.expect("tap")),
         None => None,
     };
+    let split = fetched
+        .as_ref()
+        .map(|fetched| split(&committed.lock().expect("lock"), fetched, &gone));
     let daemons = vec![
         ("relay", relay.peak_rss_mib()),
         ("consumer", consumer.peak_rss_mib()),
@@ -560,6 +588,17 @@ async fn pipeline(
     ];
     relay.stop().await;
     consumer.stop().await;
+    let trace = trace.then(|| {
+        let traced = follow(
+            &trace_log,
+            &event_ids.lock().expect("lock"),
+            &committed.lock().expect("lock"),
+            fetched.as_ref(),
+            &gone,
+        );
+        let _ = std::fs::remove_file(&trace_log);
+        traced
+    });
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("notify-keyspace-events")
@@ -575,5 +614,174 @@ async fn pipeline(
         stages,
         probe,
         split,
+        trace,
+    }
+}
+
+/// Each event followed through the relay (`--trace`): the relay's per-batch trace
+/// ([`invalidator::relay::TRACE_TARGET`], wall-clock µs) joined by event id to the writer's
+/// commit, the tap's fetch and Redis's `del`.
+struct Traced {
+    /// Events found in the trace and observed gone.
+    n: usize,
+    /// Per stage: its name, every event's duration (ms), the median over the slowest 1%.
+    stages: Vec<(&'static str, Percentiles, f64)>,
+    /// Over the slowest 1%: what woke their batches' claims, and their batches' median size.
+    tail_why: String,
+    tail_rows: f64,
+    /// Every traced event's batch: median size.
+    rows: f64,
+}
+
+/// One batch of the relay's trace, in wall-clock µs.
+#[derive(serde::Deserialize)]
+struct TraceLine {
+    why: String,
+    rows: usize,
+    started_us: i64,
+    claimed_us: i64,
+    sent_us: i64,
+    acked_us: i64,
+    committed_us: i64,
+    event_ids: String,
+}
+
+fn follow(
+    log: &std::path::Path,
+    event_ids: &HashMap<uuid::Uuid, u64>,
+    committed: &HashMap<u64, Instant>,
+    fetched: Option<&HashMap<u64, Instant>>,
+    gone: &HashMap<u64, Instant>,
+) -> Traced {
+    // Instants to wall-clock µs, through one pair read now.
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let wall_now_us = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as i64;
+    let us = |at: Instant| wall_now_us - now.saturating_duration_since(at).as_micros() as i64;
+    let text = std::fs::read_to_string(log)
+        .unwrap_or_else(|e| panic!("reading the relay's trace {}: {e}", log.display()));
+    let batches: Vec<TraceLine> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // Per event: end to end, then the stages, in ms.
+    let mut events: Vec<(f64, Vec<f64>, &str, usize)> = Vec::new();
+    for b in &batches {
+        for id in b.event_ids.split(' ') {
+            let Some(i) = id.parse().ok().and_then(|id| event_ids.get(&id)) else {
+                continue; // the warm-up event, or not one of this run's
+            };
+            let (Some(c), Some(g)) = (committed.get(i), gone.get(i)) else {
+                continue;
+            };
+            let (c, g) = (us(*c), us(*g));
+            let ms = |a: i64, b: i64| (b - a) as f64 / 1e3;
+            let mut stages = vec![
+                ms(c, b.started_us),
+                ms(b.started_us, b.claimed_us),
+                ms(b.claimed_us, b.sent_us),
+                ms(b.sent_us, b.acked_us),
+            ];
+            match fetched.and_then(|f| f.get(i)) {
+                Some(f) => {
+                    let f = us(*f);
+                    stages.push(ms(b.acked_us, f));
+                    stages.push(ms(f, g));
+                }
+                None => stages.push(ms(b.acked_us, g)),
+            }
+            stages.push(ms(b.acked_us, b.committed_us));
+            events.push((ms(c, g), stages, b.why.as_str(), b.rows));
+        }
+    }
+    let names: &[&'static str] = if fetched.is_some() {
+        &[
+            "commit → claim starts",
+            "claim statement",
+            "claimed → last record handed to librdkafka",
+            "handed over → last delivery report",
+            "acked → fetched by the tap",
+            "fetched → key gone",
+            "(off the path) acked → COMMIT returned",
+        ]
+    } else {
+        &[
+            "commit → claim starts",
+            "claim statement",
+            "claimed → last record handed to librdkafka",
+            "handed over → last delivery report",
+            "acked → key gone",
+            "(off the path) acked → COMMIT returned",
+        ]
+    };
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let tail = &events[events.len() - events.len().div_ceil(100).min(events.len())..];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let stages = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            (
+                *name,
+                percentiles(events.iter().map(|e| e.1[k]).collect()),
+                median(tail.iter().map(|e| e.1[k]).collect()),
+            )
+        })
+        .collect();
+    let mut why: Vec<(&str, usize)> = Vec::new();
+    for e in tail {
+        match why.iter_mut().find(|(w, _)| *w == e.2) {
+            Some((_, n)) => *n += 1,
+            None => why.push((e.2, 1)),
+        }
+    }
+    Traced {
+        n: events.len(),
+        stages,
+        tail_why: why
+            .iter()
+            .map(|(w, n)| format!("{w} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        tail_rows: median(tail.iter().map(|e| e.3 as f64).collect()),
+        rows: median(events.iter().map(|e| e.3 as f64).collect()),
+    }
+}
+
+fn print_traces(traces: &[(u64, &str, Traced)]) {
+    let t = Table::start(
+        "(b) each event through the relay (--trace: the relay's per-batch trace, joined by event id)",
+        &[
+            "rate",
+            "path",
+            "stage",
+            "p50 ms",
+            "p99 ms",
+            "median over the slowest 1% end to end, ms",
+        ],
+    );
+    for (rate, path, traced) in traces {
+        for (name, p, tail) in &traced.stages {
+            t.row(&[
+                rate.to_string(),
+                path.to_string(),
+                name.to_string(),
+                format!("{:.1}", p.p50),
+                format!("{:.1}", p.p99),
+                format!("{tail:.1}"),
+            ]);
+        }
+    }
+    println!();
+    for (rate, path, traced) in traces {
+        println!(
+            "- {rate}/s, {path}: {} events traced; batch size median {:.0} rows; slowest 1%: batch size median {:.0}, claims woken by {}",
+            traced.n, traced.rows, traced.tail_rows, traced.tail_why
+        );
     }
 }

@@ -66,6 +66,10 @@ struct Args {
     /// latency where its record could be fetched from Kafka.
     #[arg(long)]
     tap: bool,
+    /// (b) also log the relay's per-batch trace and follow each event through the relay
+    /// (commit → claim → handed to librdkafka → acked; with `--tap`, → fetched).
+    #[arg(long)]
+    trace: bool,
     /// (c) events drained by the consumer.
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
@@ -135,8 +139,11 @@ async fn main() {
             &env,
             &a.rates,
             a.seconds,
-            a.floor_probe_rate,
-            a.tap,
+            latency::Extras {
+                probe_rate: a.floor_probe_rate,
+                tap: a.tap,
+                trace: a.trace,
+            },
             &mut rss,
         )
         .await;
