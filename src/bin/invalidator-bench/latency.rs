@@ -27,7 +27,7 @@ const WRITERS: usize = 8;
 /// What a pipeline run measures besides commit → key gone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extras {
-    /// > 0: also measure the broker floor during each pipeline run, at that rate (its own
+    /// Not 0: also measure the broker floor during each pipeline run, at that rate (its own
     /// topic, producer and consumer): the floor under the pipeline's load, next to it.
     pub probe_rate: u64,
     /// Also read the pipeline's topic with a second consumer, to split each event's
