@@ -502,6 +502,11 @@ async fn relay_batch(
         tx.rollback().await.map_err(|e| fail(e.into()))?;
         return Ok(Batch::default());
     }
+    // Let the next claim start before this task decodes and enqueues its rows, which for a
+    // large batch is milliseconds of CPU without an await. The worker woken by the turn sits
+    // in this thread's LIFO slot, which other threads cannot steal: without this yield it
+    // waited for all of that, and the claims, which take turns, with it (BENCHMARKS.md).
+    tokio::task::yield_now().await;
     let rows = outbox::claimed_rows(raw);
     let enqueued = publish::enqueue_batch(producer, &rows, &settings.topic, &s.source).await;
     trace.sent = Some(Instant::now());
