@@ -31,16 +31,10 @@ pub struct OutboxRow {
 /// while an old snapshot holds the horizon), so a claim cost O(table), 40 ms at a 100k
 /// backlog. `id = ANY(ARRAY(…))` makes the batch an InitPlan array probed through the primary
 /// key: O(batch), 2.7 ms there (EXPLAIN ANALYZE in docs/DESIGN.md §7).
-///
-/// The array holds the locked rows' `ctid`s, not their ids: the DELETE then fetches each row
-/// by its tuple id (a TID Scan) instead of descending the primary key once per id, which
-/// was a third of a 5,000-row claim (EXPLAIN ANALYZE: 7.9–11.7 → 5.6–7.2 ms). A locked
-/// row cannot move (outbox rows are never updated, and a row lock keeps others from
-/// updating it), so the ctid still names it when the DELETE runs, in the same statement.
 pub const CLAIM: &str = "
     DELETE FROM invalidator.outbox
-    WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM invalidator.outbox
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM invalidator.outbox
         WHERE id >= $2
         ORDER BY id
         LIMIT $1
