@@ -74,12 +74,8 @@ pub async fn run(
         );
         for notify in [false, true] {
             let run = pipeline(env, rate, seconds, notify, extras).await;
-            let path = if notify {
-                "pipeline, enable_notify() on"
-            } else {
-                "pipeline, polling (10 ms)"
-            };
-            row(&t, rate, path, run.latencies, rate * seconds);
+            let path = path_label(notify, &env.relay_args);
+            row(&t, rate, &path, run.latencies, rate * seconds);
             if let Some(probe) = run.probe {
                 row(
                     &t,
@@ -92,9 +88,9 @@ pub async fn run(
             for (what, mib) in run.daemons {
                 rss.push((format!("{what}, {rate} events/s, {path}"), mib));
             }
-            stages.push((rate, path, run.stages));
+            stages.push((rate, path.clone(), run.stages));
             if let Some(split) = run.split {
-                splits.push((rate, path, split));
+                splits.push((rate, path.clone(), split));
             }
             if let Some(trace) = run.trace {
                 traces.push((rate, path, trace));
@@ -147,6 +143,25 @@ pub async fn run(
             format!("{} / {}", ms(c50), ms(c99)),
         ]);
     }
+}
+
+/// The pipeline's row label: the wake-up path, with the poll interval and any
+/// `--relay-arg`s actually used (an experiment's rows must not read as the defaults).
+fn path_label(notify: bool, relay_args: &[String]) -> String {
+    let mut label = if notify {
+        "pipeline, enable_notify() on".to_string()
+    } else {
+        let interval = relay_args
+            .iter()
+            .position(|a| a == "--poll-interval")
+            .and_then(|i| relay_args.get(i + 1))
+            .map_or("10 ms", String::as_str);
+        format!("pipeline, polling ({interval})")
+    };
+    if !relay_args.is_empty() {
+        label.push_str(&format!(" [relay {}]", relay_args.join(" ")));
+    }
+    label
 }
 
 fn row(t: &Table, rate: u64, path: &str, p: Percentiles, expected: u64) {
@@ -753,7 +768,7 @@ fn follow(
     }
 }
 
-fn print_traces(traces: &[(u64, &str, Traced)]) {
+fn print_traces(traces: &[(u64, String, Traced)]) {
     let t = Table::start(
         "(b) each event through the relay (--trace: the relay's per-batch trace, joined by event id)",
         &[
@@ -782,6 +797,26 @@ fn print_traces(traces: &[(u64, &str, Traced)]) {
         println!(
             "- {rate}/s, {path}: {} events traced; batch size median {:.0} rows; slowest 1%: batch size median {:.0}, claims woken by {}",
             traced.n, traced.rows, traced.tail_rows, traced.tail_why
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_label;
+
+    #[test]
+    fn path_label_names_the_poll_interval_and_relay_args_used() {
+        assert_eq!(path_label(false, &[]), "pipeline, polling (10 ms)");
+        assert_eq!(path_label(true, &[]), "pipeline, enable_notify() on");
+        let args = ["--poll-interval".to_string(), "5ms".to_string()];
+        assert_eq!(
+            path_label(false, &args),
+            "pipeline, polling (5ms) [relay --poll-interval 5ms]"
+        );
+        assert_eq!(
+            path_label(true, &args),
+            "pipeline, enable_notify() on [relay --poll-interval 5ms]"
         );
     }
 }
