@@ -311,11 +311,7 @@ fn split(
         })
         .collect();
     parts.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let tail = &parts[parts.len() - parts.len().div_ceil(100).min(parts.len())..];
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let tail = slowest_percent(&parts);
     Split {
         n: parts.len(),
         to_kafka: percentiles(parts.iter().map(|p| p.1).collect()),
@@ -323,6 +319,17 @@ fn split(
         tail_to_kafka: median(tail.iter().map(|p| p.1).collect()),
         tail_from_kafka: median(tail.iter().map(|p| p.2).collect()),
     }
+}
+
+/// The last 1% (at least one) of `sorted`, sorted by end-to-end latency: the slowest events.
+fn slowest_percent<T>(sorted: &[T]) -> &[T] {
+    &sorted[sorted.len() - sorted.len().div_ceil(100)..]
+}
+
+/// The median of `v` (NaN if empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Reads `topic` with a consumer of its own and records when each run event's record
@@ -732,11 +739,7 @@ fn follow(
         ]
     };
     events.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let tail = &events[events.len() - events.len().div_ceil(100).min(events.len())..];
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let tail = slowest_percent(&events);
     let stages = names
         .iter()
         .enumerate()
