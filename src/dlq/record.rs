@@ -4,7 +4,7 @@
 //! Parsing never fails: a dead-letter record is by definition something that went wrong, so
 //! whatever is missing or malformed is left `None` and the record still lists.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 use serde::Serialize;
@@ -62,6 +62,9 @@ pub struct DlqRecord {
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
     pub attempts: Option<u32>,
+    /// Always six fractional digits in JSON (`…T06:00:01.500000Z`), so the strings sort in
+    /// time order; chrono's default drops trailing zero groups (`.5Z`, `.500Z`).
+    #[serde(serialize_with = "micros")]
     pub failed_at: Option<DateTime<Utc>>,
     /// From the value when it has one, else from the `invalidator-event-id` header.
     pub event_id: Option<Uuid>,
@@ -74,6 +77,14 @@ pub struct DlqRecord {
     pub value_bytes: usize,
     /// `invalidator-replayed-from` of the original: it had already been replayed once.
     pub replayed_from: Option<String>,
+}
+
+/// `failed_at` as RFC 3339 with exactly six fractional digits, or `null`.
+fn micros<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        None => s.serialize_none(),
+    }
 }
 
 impl DlqRecord {
@@ -251,6 +262,9 @@ mod tests {
             r.failed_at.unwrap().to_rfc3339(),
             "2026-11-23T06:00:01.500+00:00"
         );
+        // JSON keeps every fractional digit, so failed_at strings sort in time order.
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["failed_at"], "2026-11-23T06:00:01.500000Z");
         assert_eq!(r.event_id.unwrap().to_string(), ID);
         assert_eq!(r.op, Some(Op::Bump));
         assert_eq!(r.keys, Some(vec!["a".into(), "b".into()]));
@@ -278,6 +292,7 @@ mod tests {
         assert_eq!(r.replayed_from.as_deref(), Some("t.dlq/0/3"));
         assert_eq!(r.source_ref(), None);
         assert_eq!(r.failed_at, None);
+        assert!(serde_json::to_value(&r).unwrap()["failed_at"].is_null());
 
         let newer = format!(r#"{{"v":7,"event_id":"{ID}","op":"delete","keys":["x"]}}"#);
         let r = DlqRecord::parse(&message(Some(newer.as_bytes()), &[]));
