@@ -143,16 +143,9 @@ fn plain_key(prefix: &str, id: i64) -> String {
     format!("{prefix}:p:product:{id}")
 }
 
-/// A connection to the shared Redis that waits up to 10 s for a reply: other tests use the
-/// same server, and redis-rs's default (0.5 s) failed a run here when it stalled.
+/// A connection to the shared Redis that waits up to 10 s for a reply (`common::redis_conn`).
 async fn redis() -> redis::aio::MultiplexedConnection {
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("connecting to Redis")
+    common::redis_conn(&redis_url()).await
 }
 
 async fn select_row(c: &tokio_postgres::Client, id: i64) -> String {

@@ -135,6 +135,9 @@ async fn tls_and_acl_user_from_the_url() {
         )
         .env("SSL_CERT_FILE", &ca)
         .env_remove("INVALIDATOR_KAFKA_OPTIONS")
+        // stderr is read only after exit: a verbose RUST_LOG inherited from the caller
+        // would fill the pipe and block the child.
+        .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -146,11 +149,7 @@ async fn tls_and_acl_user_from_the_url() {
             let admin_url = admin_url.clone();
             let item = item.clone();
             async move {
-                let mut c = redis::Client::open(admin_url.as_str())
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
+                let mut c = common::redis_conn(&admin_url).await;
                 let v: Option<String> = c.get(&item).await.unwrap();
                 v.is_none()
             }

@@ -56,11 +56,7 @@ async fn guarded_fill_refuses_stale_value() {
             .await
             .unwrap();
         assert!(!stored, "the stale fill must be refused for {key}");
-        let mut c = redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = common::redis_conn(&redis_url()).await;
         let v: Option<String> = c.get(&key).await.unwrap();
         assert_eq!(v, None, "{key} must stay empty");
     }
@@ -85,11 +81,7 @@ async fn guarded_fill_stores_when_nothing_changed() {
         .fill_if_guard_unchanged(&key, b"v2", Duration::from_secs(60), &g)
         .await
         .unwrap());
-    let mut c = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = common::redis_conn(&redis_url()).await;
     let v: Option<String> = c.get(&key).await.unwrap();
     assert_eq!(v.as_deref(), Some("v2"));
     let ttl: i64 = c.pttl(&key).await.unwrap();
@@ -100,11 +92,7 @@ async fn guarded_fill_stores_when_nothing_changed() {
 /// The same interleaving with plain GET/SET stores the stale value: the race is real.
 async fn plain_get_set_stores_stale_value() {
     let mut writer = cache().await;
-    let mut c = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = common::redis_conn(&redis_url()).await;
     let key = unique("product");
     let miss: Option<String> = c.get(&key).await.unwrap();
     assert_eq!(miss, None);

@@ -22,11 +22,7 @@ fn redis_url() -> String {
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connecting to Redis")
+    common::redis_conn(&redis_url()).await
 }
 
 async fn exists(key: &str) -> bool {

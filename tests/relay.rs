@@ -47,7 +47,10 @@ fn settings(db: &TestDb, brokers: &str, topic: &str) -> RelaySettings {
         batch_size: 1000,
         poll_interval: Duration::from_millis(10),
         sweep_interval: Duration::from_secs(1),
-        delivery_timeout: Duration::from_secs(5),
+        // Long: a batch whose acks time out is published again (at least once), and the
+        // tests that count records exactly would see the duplicates on a stalled machine.
+        // The broker-down test sets its own short timeout.
+        delivery_timeout: Duration::from_secs(30),
         source: None,
         create_topics: None,
         listen: true,
@@ -608,6 +611,9 @@ async fn sigterm_under_load_exits_zero_without_loss() {
         ])
         .env("DATABASE_URL", &db.url)
         .env("KAFKA_BROKERS", &brokers)
+        // stderr is read only after SIGTERM: a verbose RUST_LOG inherited from the caller
+        // would fill the pipe and block the child.
+        .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -21,6 +21,20 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// A connection to a Redis the tests share, waiting up to 10 s for a reply and 5 s to
+/// connect: redis-rs's defaults (0.5 s and 1 s) failed a run here when the loaded machine
+/// stalled one reply, and a panic inside `eventually` ends the test instead of retrying.
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
 /// A short random lowercase suffix for names a test owns.
 pub fn unique(prefix: &str) -> String {
     let s = Alphanumeric
@@ -164,13 +178,31 @@ pub async fn migrated_db() -> TestDb {
     db
 }
 
-/// A TCP port free right now on loopback.
+/// A TCP port free right now on loopback, below the kernel's ephemeral range: tests restart
+/// servers on the same port, and a port from that range (what binding port 0 gives) can be
+/// taken meanwhile by any outgoing connection, or a client reconnecting to it can connect to
+/// itself.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    free_port_below(ephemeral_start())
+}
+
+/// A free port in `10000..below` (10000 and up keeps clear of the real services' ports).
+pub fn free_port_below(below: u16) -> u16 {
+    assert!(below > 10_100, "no room below {below} for a test port");
+    loop {
+        let port = 10_000 + rand::random::<u16>() % (below - 10_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The first port of `net.ipv4.ip_local_port_range` (Linux's default is 32768).
+pub fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// Parses the Prometheus text format into `series → value`, where a series is the metric

@@ -179,27 +179,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Sum of the high watermarks of a topic's partitions (records ever written).
 pub async fn record_count(brokers: &str, topic: &str) -> i64 {
-    let (brokers, topic) = (brokers.to_string(), topic.to_string());
-    blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("metadata");
-        let mut sum = 0;
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (_, high) = c
-                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                    .expect("watermarks");
-                sum += high;
-            }
-        }
-        sum
-    })
-    .await
+    crate::common::kafka::record_count(brokers, topic).await
 }
 
 /// Every record of a topic, read from the beginning of each partition (no group).
@@ -287,11 +267,7 @@ pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
 }
 
 pub async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+    crate::common::redis_conn(url).await
 }
 
 /// A free TCP port on loopback (bound, then released).
@@ -300,10 +276,11 @@ pub use crate::common::free_port;
 
 /// A free port whose cluster bus port (+10000) is free too.
 pub fn free_cluster_port() -> u16 {
+    // Both ports below the ephemeral range, as `free_port` explains.
+    let below = crate::common::ephemeral_start().saturating_sub(10000);
     loop {
-        let port = 20000 + rand::random::<u16>() % 20000;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10000) {
+        let port = crate::common::free_port_below(below);
+        if std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
     }
