@@ -49,6 +49,23 @@ pub struct Record {
     pub offset: i64,
 }
 
+/// Each partition of `topic` with its high watermark (blocking).
+pub fn high_watermarks(c: &BaseConsumer, topic: &str) -> Vec<(i32, i64)> {
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| {
+            let (_, high) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            (p.id(), high)
+        })
+        .collect()
+}
+
 /// Sum of the high watermarks of a topic's partitions: the records ever written to it.
 pub async fn record_count(brokers: &str, topic: &str) -> i64 {
     let (brokers, topic) = (brokers.to_string(), topic.to_string());
@@ -57,19 +74,10 @@ pub async fn record_count(brokers: &str, topic: &str) -> i64 {
             .set("bootstrap.servers", &brokers)
             .create()
             .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("metadata");
-        let mut sum = 0;
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (_, high) = c
-                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                    .expect("watermarks");
-                sum += high;
-            }
-        }
-        sum
+        high_watermarks(&c, &topic)
+            .iter()
+            .map(|(_, high)| high)
+            .sum()
     })
     .await
     .expect("blocking task")

@@ -193,20 +193,12 @@ pub async fn read_all(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
             .set("fetch.wait.max.ms", "5")
             .create()
             .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("metadata");
         let mut tpl = TopicPartitionList::new();
         let mut want = 0;
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (_, high) = c
-                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                    .expect("watermarks");
-                want += high;
-                tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
-                    .expect("tpl");
-            }
+        for (partition, high) in crate::common::kafka::high_watermarks(&c, &topic) {
+            want += high;
+            tpl.add_partition_offset(&topic, partition, Offset::Beginning)
+                .expect("tpl");
         }
         c.assign(&tpl).expect("assign");
         let mut out = Vec::new();
