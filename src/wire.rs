@@ -187,7 +187,7 @@ impl std::fmt::Display for DlqReason {
 }
 
 /// `created_at` as RFC 3339 with microseconds and `Z`, the precision PostgreSQL stores.
-mod micros {
+pub(crate) mod micros {
     use super::*;
     use serde::{Deserializer, Serializer};
 
@@ -196,6 +196,17 @@ mod micros {
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; 32];
         s.serialize_str(rfc3339_micros(t, &mut buf))
+    }
+
+    /// [`serialize`] for an `Option`, `null` for `None` (`dlq list --json`'s `failed_at`).
+    pub fn serialize_option<S: Serializer>(
+        t: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => serialize(t, s),
+            None => s.serialize_none(),
+        }
     }
 
     /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`. Years outside 0..=9999 (PostgreSQL's `timestamptz`

@@ -4,7 +4,7 @@
 //! Parsing never fails: a dead-letter record is by definition something that went wrong, so
 //! whatever is missing or malformed is left `None` and the record still lists.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 use serde::Serialize;
@@ -64,7 +64,7 @@ pub struct DlqRecord {
     pub attempts: Option<u32>,
     /// Always six fractional digits in JSON (`…T06:00:01.500000Z`), so the strings sort in
     /// time order; chrono's default drops trailing zero groups (`.5Z`, `.500Z`).
-    #[serde(serialize_with = "micros")]
+    #[serde(serialize_with = "wire::micros::serialize_option")]
     pub failed_at: Option<DateTime<Utc>>,
     /// From the value when it has one, else from the `invalidator-event-id` header.
     pub event_id: Option<Uuid>,
@@ -77,14 +77,6 @@ pub struct DlqRecord {
     pub value_bytes: usize,
     /// `invalidator-replayed-from` of the original: it had already been replayed once.
     pub replayed_from: Option<String>,
-}
-
-/// `failed_at` as RFC 3339 with exactly six fractional digits, or `null`.
-fn micros<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
-        None => s.serialize_none(),
-    }
 }
 
 impl DlqRecord {
