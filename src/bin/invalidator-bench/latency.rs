@@ -718,26 +718,19 @@ fn follow(
             events.push((ms(c, g), stages, b.why.as_str(), b.rows));
         }
     }
-    let names: &[&'static str] = if fetched.is_some() {
-        &[
-            "commit → claim starts",
-            "claim statement",
-            "claimed → last record handed to librdkafka",
-            "handed over → last delivery report",
-            "acked → fetched by the tap",
-            "fetched → key gone",
-            "(off the path) acked → COMMIT returned",
-        ]
+    // In the order the stages were pushed above.
+    let mut names = vec![
+        "commit → claim starts",
+        "claim statement",
+        "claimed → last record handed to librdkafka",
+        "handed over → last delivery report",
+    ];
+    if fetched.is_some() {
+        names.extend(["acked → fetched by the tap", "fetched → key gone"]);
     } else {
-        &[
-            "commit → claim starts",
-            "claim statement",
-            "claimed → last record handed to librdkafka",
-            "handed over → last delivery report",
-            "acked → key gone",
-            "(off the path) acked → COMMIT returned",
-        ]
-    };
+        names.push("acked → key gone");
+    }
+    names.push("(off the path) acked → COMMIT returned");
     events.sort_by(|a, b| a.0.total_cmp(&b.0));
     let tail = slowest_percent(&events);
     let stages = names
