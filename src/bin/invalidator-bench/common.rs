@@ -151,8 +151,27 @@ impl Daemon {
         env: &[(&str, &str)],
         log: Option<&std::path::Path>,
     ) -> Daemon {
+        Daemon::start_wrapped(what, &[], args, env, log).await
+    }
+
+    /// [`Daemon::start_logging`], run by `wrapper` (a program and its arguments, e.g.
+    /// valgrind) when that is not empty.
+    pub async fn start_wrapped(
+        what: &'static str,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Daemon {
         let metrics = free_addr();
-        let mut cmd = Command::new(invalidator_bin());
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(invalidator_bin()),
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(invalidator_bin());
+                cmd
+            }
+        };
         cmd.arg(what)
             .args(args)
             .args(["--metrics-addr", &metrics.to_string()])

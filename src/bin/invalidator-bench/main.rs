@@ -6,7 +6,9 @@
 //! - `consumer`: (c) keys/s applied next to redis-benchmark's pipelined DEL;
 //! - `notify`: (d) the application's commit rate with `enable_notify()` off and on;
 //! - `backlog`: (e) claim cost at growing backlogs and under a long-open transaction;
-//! - (f) peak RSS of the relay and consumer processes, from the scenarios that run them.
+//! - (f) peak RSS of the relay and consumer processes, from the scenarios that run them;
+//! - `cost` (not in the default set; needs valgrind): the relay's instructions per row,
+//!   counted by callgrind, for comparing builds on a noisy machine.
 //!
 //! It runs the `invalidator` binary next to it as real processes, against the services in
 //! DATABASE_URL (administrative: it creates and drops databases of its own), REDIS_URL and
@@ -23,6 +25,7 @@
 mod backlog;
 mod common;
 mod consumer;
+mod cost;
 mod http;
 mod latency;
 mod notify;
@@ -36,7 +39,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "invalidator-bench")]
 struct Args {
-    /// Which scenarios to run: relay, latency, consumer, notify, backlog (comma-separated).
+    /// Which scenarios to run: relay, latency, consumer, notify, backlog, and cost (not by
+    /// default: it runs the relay under valgrind) (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
@@ -52,6 +56,15 @@ struct Args {
     /// (a) relay `--in-flight` values.
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     in_flight: Vec<u32>,
+    /// cost: rows drained in the first run (the second drains twice as many).
+    #[arg(long, default_value_t = 20_000)]
+    cost_rows: i64,
+    /// cost: the relay's batch size.
+    #[arg(long, default_value_t = 5000)]
+    cost_batch: i64,
+    /// cost: where the callgrind output files go (kept, for callgrind_annotate).
+    #[arg(long, default_value = "target/bench-cost")]
+    cost_dir: std::path::PathBuf,
     /// (b) event rates, per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u64>,
@@ -116,6 +129,7 @@ async fn main() {
         a.backlogs = vec![1000, 2000];
         a.hold_seconds = 3;
         a.hold_rate = 500;
+        a.cost_rows = 200;
     }
     let mut env = common::Env::from_env();
     env.consumer_options = a.consumer_options.clone();
@@ -133,6 +147,9 @@ async fn main() {
     let mut rss: Vec<(String, f64)> = Vec::new();
     if wants("relay") {
         relay::run(&env, a.rows, &a.batches, &a.in_flight, &mut rss).await;
+    }
+    if wants("cost") {
+        cost::run(&env, a.cost_rows, a.cost_batch, &a.cost_dir).await;
     }
     if wants("latency") {
         latency::run(
