@@ -210,9 +210,13 @@ impl Register for ConsumerMetrics {
 
 /// Seconds from `created_at` to now; negative skew between clocks counts as 0.
 pub fn seconds_since(created_at: DateTime<Utc>) -> f64 {
-    (Utc::now() - created_at)
-        .to_std()
-        .map_or(0.0, |d| d.as_secs_f64())
+    seconds_between(created_at, Utc::now())
+}
+
+/// Seconds from `created_at` to `now` ([`seconds_since`] with the clock read once for a whole
+/// batch); negative skew counts as 0.
+pub fn seconds_between(created_at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    (now - created_at).to_std().map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// prometheus-client appends `_total` to counter names itself.

@@ -9,17 +9,64 @@ use uuid::Uuid;
 /// The schema version (highest migration) this build needs.
 pub const REQUIRED_VERSION: i32 = 2;
 
-/// One claimed outbox row.
+/// One claimed outbox row, borrowed from the rows PostgreSQL sent ([`RawClaim::rows`]):
+/// decoding 5,000 rows into owned strings, key vectors and parsed JSON was 3,100
+/// instructions per row, a sixth of a draining relay's (callgrind, BENCHMARKS.md item 15).
 #[derive(Debug, Clone)]
-pub struct OutboxRow {
+pub struct OutboxRow<'a> {
     pub id: i64,
     pub event_id: Uuid,
     pub created_at: DateTime<Utc>,
-    pub topic: Option<String>,
-    pub partition_key: String,
-    pub op: String,
-    pub keys: Vec<String>,
-    pub headers: serde_json::Value,
+    pub topic: Option<&'a str>,
+    pub partition_key: &'a str,
+    pub op: &'a str,
+    pub keys: Vec<&'a str>,
+    pub headers: JsonText<'a>,
+}
+
+/// A `json` or `jsonb` value as the JSON text PostgreSQL sent, not parsed. An outbox row's
+/// `headers` is almost always `{}`, which then costs nothing to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonText<'a>(pub &'a str);
+
+impl JsonText<'_> {
+    /// The object's members; an empty list for `{}` without parsing it. An error if the text
+    /// is not a JSON object (the outbox's CHECK constraint makes that impossible there).
+    pub fn object(&self) -> Result<serde_json::Map<String, serde_json::Value>, serde_json::Error> {
+        if self.0 == "{}" {
+            return Ok(serde_json::Map::new());
+        }
+        serde_json::from_str(self.0)
+    }
+
+    /// The value, for writing it back (`outbox_dead`).
+    pub fn value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(self.0)
+    }
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::Type;
+        // jsonb's binary form is a version byte (1) and the JSON text; json's is the text.
+        let text = if *ty == Type::JSONB {
+            match raw.split_first() {
+                Some((1, text)) => text,
+                _ => return Err("unsupported jsonb encoding version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(JsonText(std::str::from_utf8(text)?))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        use tokio_postgres::types::Type;
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
 }
 
 /// Claims and deletes up to `limit` rows with `id >= from_id`, in id order, skipping rows
@@ -42,16 +89,8 @@ pub const CLAIM: &str = "
     ))
     RETURNING id, event_id, created_at, topic, partition_key, op, keys, headers";
 
-pub async fn claim(
-    tx: &Transaction<'_>,
-    limit: i64,
-    from_id: i64,
-) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
-    Ok(claimed_rows(claim_raw(tx, limit, from_id).await?))
-}
-
-/// Rows claimed by [`claim_raw`], still as PostgreSQL sent them: enough to know how many and
-/// the highest id (what the next claim needs) before decoding them with [`claimed_rows`].
+/// Rows claimed by [`claim`], still as PostgreSQL sent them: enough to know how many and
+/// the highest id (what the next claim needs) before decoding them with [`RawClaim::rows`].
 pub struct RawClaim(Vec<tokio_postgres::Row>);
 
 impl RawClaim {
@@ -67,12 +106,33 @@ impl RawClaim {
     pub fn max_id(&self) -> Option<i64> {
         self.0.iter().map(|r| r.get::<_, i64>(0)).max()
     }
+
+    /// The claimed rows, decoded in place (borrowing their text), in id order.
+    pub fn rows(&self) -> Vec<OutboxRow<'_>> {
+        let mut out: Vec<OutboxRow<'_>> = self
+            .0
+            .iter()
+            .map(|r| OutboxRow {
+                id: r.get(0),
+                event_id: r.get(1),
+                created_at: r.get(2),
+                topic: r.get(3),
+                partition_key: r.get(4),
+                op: r.get(5),
+                keys: r.get(6),
+                headers: r.get(7),
+            })
+            .collect();
+        // RETURNING has no defined order.
+        out.sort_unstable_by_key(|r| r.id);
+        out
+    }
 }
 
 /// Runs the claim statement only. The relay holds its claim turn for this part and decodes
-/// the rows ([`claimed_rows`]) after passing the turn on: decoding 5,000 rows' keys and
+/// the rows ([`RawClaim::rows`]) after passing the turn on: decoding 5,000 rows' keys and
 /// headers took milliseconds the next claim need not wait for.
-pub async fn claim_raw(
+pub async fn claim(
     tx: &Transaction<'_>,
     limit: i64,
     from_id: i64,
@@ -81,34 +141,19 @@ pub async fn claim_raw(
     Ok(RawClaim(tx.query(&stmt, &[&limit, &from_id]).await?))
 }
 
-/// Decodes claimed rows, in id order.
-pub fn claimed_rows(raw: RawClaim) -> Vec<OutboxRow> {
-    let mut out: Vec<OutboxRow> = raw
-        .0
-        .iter()
-        .map(|r| OutboxRow {
-            id: r.get(0),
-            event_id: r.get(1),
-            created_at: r.get(2),
-            topic: r.get(3),
-            partition_key: r.get(4),
-            op: r.get(5),
-            keys: r.get(6),
-            headers: r.get(7),
-        })
-        .collect();
-    // RETURNING has no defined order.
-    out.sort_unstable_by_key(|r| r.id);
-    out
-}
-
 /// Moves a claimed (already deleted) row to `outbox_dead` with the reason, in the same
 /// transaction, so that it never blocks the rows behind it and is never lost.
 pub async fn bury(
     tx: &Transaction<'_>,
-    row: &OutboxRow,
+    row: &OutboxRow<'_>,
     error: &str,
 ) -> Result<(), tokio_postgres::Error> {
+    // jsonb text from PostgreSQL always parses; if it ever did not, the row keeps its place
+    // in outbox_dead with empty headers rather than blocking the rows behind it.
+    let headers = row
+        .headers
+        .value()
+        .unwrap_or_else(|_| serde_json::Value::Object(Default::default()));
     let stmt = tx
         .prepare_cached(
             "INSERT INTO invalidator.outbox_dead
@@ -127,7 +172,7 @@ pub async fn bury(
             &row.partition_key,
             &row.op,
             &row.keys,
-            &row.headers,
+            &headers,
             &error,
         ],
     )
@@ -217,3 +262,31 @@ pub async fn dead_rows(client: &impl GenericClient) -> Result<i64, tokio_postgre
 
 /// The channel the opt-in trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "invalidator_outbox";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::types::{FromSql, Type};
+
+    #[test]
+    /// jsonb arrives as a version byte and the text, json as the text; `{}` is not parsed,
+    /// anything else is, and a foreign jsonb version is an error rather than garbage.
+    fn json_text_reads_jsonb_and_json() {
+        let jsonb = JsonText::from_sql(&Type::JSONB, b"\x01{\"a\": 1}").unwrap();
+        assert_eq!(jsonb, JsonText(r#"{"a": 1}"#));
+        assert_eq!(jsonb.object().unwrap()["a"], serde_json::json!(1));
+        assert_eq!(
+            JsonText::from_sql(&Type::JSON, b"{}")
+                .unwrap()
+                .object()
+                .unwrap()
+                .len(),
+            0
+        );
+        assert!(JsonText::from_sql(&Type::JSONB, b"\x02{}").is_err());
+        assert!(JsonText::from_sql(&Type::JSONB, b"").is_err());
+        assert!(JsonText::from_sql(&Type::JSONB, b"\x01\xff").is_err());
+        assert!(JsonText("[1]").object().is_err());
+        assert!(!<JsonText as FromSql>::accepts(&Type::TEXT));
+    }
+}

@@ -81,32 +81,88 @@ impl Event {
 }
 
 /// An [`Event`] that borrows its keys and source: what the relay encodes, without copying
-/// them. The one place the JSON layout is written.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct EventRef<'a> {
+/// them. `K` is `String` for an [`Event`]'s keys and `&str` for keys the relay reads straight
+/// from a claimed row.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a, K = String> {
     pub v: u64,
     pub event_id: Uuid,
     pub op: Op,
-    pub keys: &'a [String],
-    #[serde(with = "micros")]
+    pub keys: &'a [K],
     pub created_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'a str>,
 }
 
-impl EventRef<'_> {
-    /// The record value: compact JSON.
+impl<K: AsRef<str>> EventRef<'_, K> {
+    /// The record value: compact JSON, byte for byte what serde_json writes for [`Event`]
+    /// (field order, escapes; tests and the fuzzer compare the two). Written by hand: through
+    /// serde_json it cost 3,200 instructions per one-key event, 16% of a draining relay's
+    /// (callgrind, BENCHMARKS.md item 15), most of it escaping strings that never need it.
     pub fn encode(&self) -> Vec<u8> {
         // Sized up front: growing from empty reallocated several times per record, and
         // realloc was 6.5% of a draining relay's CPU (perf, BENCHMARKS.md). The fixed part
         // (field names, v, uuid, op, created_at) is at most 124 bytes; each key adds its quotes and
         // comma, and escapes may still grow it.
-        let keys: usize = self.keys.iter().map(|k| k.len() + 3).sum();
+        let keys: usize = self.keys.iter().map(|k| k.as_ref().len() + 3).sum();
         let source = self.source.map_or(0, |s| s.len() + 12);
         let mut out = Vec::with_capacity(128 + keys + source);
-        serde_json::to_writer(&mut out, self)
-            .expect("an event always serializes: plain strings, numbers and a uuid");
+        out.extend_from_slice(b"{\"v\":");
+        push_u64(&mut out, self.v);
+        out.extend_from_slice(b",\"event_id\":\"");
+        let mut uuid = Uuid::encode_buffer();
+        out.extend_from_slice(
+            self.event_id
+                .hyphenated()
+                .encode_lower(&mut uuid)
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"op\":\"");
+        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"keys\":[");
+        for (i, key) in self.keys.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_string(&mut out, key.as_ref());
+        }
+        out.extend_from_slice(b"],\"created_at\":\"");
+        let mut time = [0u8; 32];
+        out.extend_from_slice(micros::rfc3339_micros(&self.created_at, &mut time).as_bytes());
+        out.push(b'"');
+        if let Some(source) = self.source {
+            out.extend_from_slice(b",\"source\":");
+            json_string(&mut out, source);
+        }
+        out.push(b'}');
         out
+    }
+}
+
+/// Appends `v` in decimal, without the allocation of `to_string`.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `s` as a JSON string. Keys and sources rarely hold a byte JSON escapes (`"`, `\`,
+/// control characters): those are copied as they are, the rest go through serde_json, so
+/// escapes stay exactly serde_json's.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("a str always serializes");
     }
 }
 
@@ -213,9 +269,12 @@ pub(crate) mod micros {
     /// can hold some) fall back to chrono's formatter.
     pub fn rfc3339_micros<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; 32]) -> &'b str {
         use chrono::{Datelike, Timelike};
+        // Read from the naive UTC time: each accessor of a `DateTime` adds the (zero) offset
+        // again, eight times per timestamp (callgrind, BENCHMARKS.md item 15).
+        let t = t.naive_utc();
         let year = t.year();
         if !(0..=9999).contains(&year) {
-            let text = t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+            let text = t.and_utc().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
             let n = text.len().min(buf.len());
             buf[..n].copy_from_slice(&text.as_bytes()[..n]);
             return std::str::from_utf8(&buf[..n]).unwrap_or("");
@@ -290,6 +349,64 @@ mod tests {
                 String::from_utf8_lossy(&out)
             );
             assert_eq!(decode(&out).unwrap().keys, keys);
+        }
+    }
+
+    #[test]
+    /// The hand-written encoder writes exactly what serde_json writes for the same event:
+    /// escapes (quotes, backslashes, control characters, DEL, non-ASCII), no source, an empty
+    /// source, many keys, any `v`, years chrono formats itself.
+    fn encode_is_serde_json_byte_for_byte() {
+        use chrono::TimeZone;
+        let odd = [
+            "product:42",
+            "",
+            "quote\"d",
+            "back\\slash",
+            "tab\tnew\nline\r",
+            "\u{0}\u{1}\u{1f}",
+            "del\u{7f}",
+            "ünïcödé ✓ 𝄞",
+            "\u{2028}\u{2029}",
+            "</script>",
+        ];
+        let times = [
+            Utc::now(),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(12, 3, 4, 5, 6, 7).unwrap(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+        ];
+        for (i, created_at) in times.into_iter().enumerate() {
+            for source in [None, Some(""), Some("orders-db"), Some("we\"ird\u{1}")] {
+                for keys in [&odd[..1], &odd[1..2], &odd[..]] {
+                    for v in [SCHEMA_VERSION, 0, 10, u64::MAX] {
+                        let e = Event {
+                            v,
+                            event_id: Uuid::new_v4(),
+                            op: if i % 2 == 0 { Op::Delete } else { Op::Bump },
+                            keys: keys.iter().map(|k| k.to_string()).collect(),
+                            created_at,
+                            source: source.map(str::to_string),
+                        };
+                        let ours = e.encode();
+                        assert_eq!(
+                            String::from_utf8(ours.clone()).unwrap(),
+                            serde_json::to_string(&e).unwrap()
+                        );
+                        // And with keys borrowed as &str, as the relay encodes them.
+                        let borrowed: Vec<&str> = e.keys.iter().map(String::as_str).collect();
+                        let by_ref = EventRef {
+                            v,
+                            event_id: e.event_id,
+                            op: e.op,
+                            keys: &borrowed[..],
+                            created_at,
+                            source: e.source.as_deref(),
+                        };
+                        assert_eq!(by_ref.encode(), ours);
+                    }
+                }
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::StreamExt;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -155,7 +155,7 @@ struct Shared {
     /// Where claims start; one cursor, so only one worker sweeps at a time.
     cursor: Mutex<Cursor>,
     /// Replaced when it hits a fatal error; workers clone it (an `Arc` inside) per batch.
-    producer: Mutex<FutureProducer>,
+    producer: Mutex<publish::RelayProducer>,
     /// Once-per-state-change logging of each dependency, shared so N workers log once.
     pg: Mutex<retry::Health>,
     kafka: Mutex<retry::Health>,
@@ -308,8 +308,12 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
                     stats
                         .batch_duration
                         .observe(started.elapsed().as_secs_f64());
+                    // The whole batch was committed at once: one clock reading for all of it.
+                    let now = chrono::Utc::now();
                     for created_at in &batch.created {
-                        stats.latency.observe(metrics::seconds_since(*created_at));
+                        stats
+                            .latency
+                            .observe(metrics::seconds_between(*created_at, now));
                     }
                     lock(&s.cursor).claimed(Instant::now(), batch.max_id);
                     trace.emit(&batch);
@@ -442,7 +446,7 @@ enum Failed {
 /// before the backoff has passed.
 async fn relay_batch(
     s: &Shared,
-    producer: &FutureProducer,
+    producer: &publish::RelayProducer,
     from_id: i64,
     turn: tokio::sync::MutexGuard<'_, Turn>,
     trace: &mut Trace,
@@ -481,7 +485,7 @@ async fn relay_batch(
         }
     };
     let claim_started = Instant::now();
-    let raw = match outbox::claim_raw(&tx, settings.batch_size, from_id).await {
+    let raw = match outbox::claim(&tx, settings.batch_size, from_id).await {
         Ok(raw) => {
             s.health
                 .stats
@@ -507,7 +511,7 @@ async fn relay_batch(
     // in this thread's LIFO slot, which other threads cannot steal: without this yield it
     // waited for all of that, and the claims, which take turns, with it (BENCHMARKS.md).
     tokio::task::yield_now().await;
-    let rows = outbox::claimed_rows(raw);
+    let rows = raw.rows();
     let enqueued = publish::enqueue_batch(producer, &rows, &settings.topic, &s.source).await;
     trace.sent = trace.stamp();
     let outcomes = enqueued

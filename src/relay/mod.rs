@@ -8,5 +8,5 @@ mod settings;
 
 pub use cursor::{Cursor, HINT_LAG};
 pub use daemon::{run, Health, RelayError, TRACE_TARGET};
-pub use publish::{classify, create_producer, DeliveryClass};
+pub use publish::{classify, producer_config, DeliveryClass};
 pub use settings::{Failpoint, RelaySettings};

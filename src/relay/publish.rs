@@ -1,35 +1,138 @@
 //! Turning outbox rows into Kafka records and publishing a batch of them: every record is
 //! enqueued first ([`enqueue_batch`]), then all delivery reports are awaited
 //! ([`Enqueued::outcomes`]).
+//!
+//! Delivery reports are collected per batch by the producer's own context
+//! ([`BatchDeliveries`]), not through rdkafka's `FutureProducer`: that one allocates a
+//! oneshot channel and a box for every record and resolves one future per record, about a
+//! thousand instructions per row, 6% of a draining relay's (callgrind, BENCHMARKS.md item 15).
+//! Here a record's delivery opaque is a plain number (its batch and its index), a batch keeps
+//! only its failures, and its task is woken once, by the last report.
 
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::kafka::KafkaSettings;
 use crate::outbox::OutboxRow;
 use crate::wire::{self, EventRef, Op};
 
+/// The relay's producer: librdkafka's, polled by its own thread, reporting deliveries to
+/// [`BatchDeliveries`].
+pub type RelayProducer = ThreadedProducer<BatchDeliveries>;
+
 /// The producer settings DESIGN §2 requires. `-X` may tune others (linger, batch size, …).
+pub fn producer_config(kafka: &KafkaSettings, delivery_timeout: Duration) -> ClientConfig {
+    let timeout_ms = delivery_timeout.as_millis().to_string();
+    kafka.client_config(&[
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("compression.type", "lz4"),
+        // A batch is enqueued at once and awaited together, so a long linger only adds
+        // latency; 2 ms still lets librdkafka pack concurrent records.
+        ("linger.ms", "2"),
+        ("message.timeout.ms", &timeout_ms),
+    ])
+}
+
+/// The relay's producer ([`producer_config`]).
 pub fn create_producer(
     kafka: &KafkaSettings,
     delivery_timeout: Duration,
-) -> Result<FutureProducer, KafkaError> {
-    let timeout_ms = delivery_timeout.as_millis().to_string();
-    kafka
-        .client_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("compression.type", "lz4"),
-            // A batch is enqueued at once and awaited together, so a long linger only adds
-            // latency; 2 ms still lets librdkafka pack concurrent records.
-            ("linger.ms", "2"),
-            ("message.timeout.ms", &timeout_ms),
-        ])
-        .create()
+) -> Result<RelayProducer, KafkaError> {
+    producer_config(kafka, delivery_timeout).create_with_context(BatchDeliveries::default())
+}
+
+/// Collects delivery reports by batch. A record's delivery opaque is its batch's number in
+/// the high 32 bits and its index in the batch in the low 32.
+#[derive(Default)]
+pub struct BatchDeliveries {
+    next: AtomicU32,
+    /// The batches awaiting reports: at most `--in-flight`, so a short list.
+    open: Mutex<Vec<(u32, Arc<Reports>)>>,
+}
+
+const _: () = assert!(
+    usize::BITS >= 64,
+    "delivery opaques pack two u32s into a usize"
+);
+
+/// One batch's reports so far.
+struct Reports {
+    /// Records enqueued and not yet reported, plus one while records are still being
+    /// enqueued (so the count cannot reach zero early).
+    left: AtomicUsize,
+    /// The records that failed, by index.
+    failed: Mutex<Vec<(usize, KafkaError)>>,
+    /// Woken once, by the report that takes `left` to zero.
+    done: tokio::sync::Notify,
+}
+
+impl ClientContext for BatchDeliveries {}
+
+impl ProducerContext for BatchDeliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (batch, index) = ((opaque >> 32) as u32, opaque & 0xffff_ffff);
+        let reports = {
+            let open = lock(&self.open);
+            match open.iter().find(|(b, _)| *b == batch) {
+                Some((_, r)) => Arc::clone(r),
+                // The batch was given up (its task dropped): nobody waits for this report.
+                None => return,
+            }
+        };
+        if let Err((e, _)) = result {
+            lock(&reports.failed).push((index, e.clone()));
+        }
+        if reports.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            reports.done.notify_one();
+        }
+    }
+}
+
+impl BatchDeliveries {
+    fn open(&self) -> (u32, Arc<Reports>) {
+        let batch = self.next.fetch_add(1, Ordering::Relaxed);
+        let reports = Arc::new(Reports {
+            left: AtomicUsize::new(1),
+            failed: Mutex::new(Vec::new()),
+            done: tokio::sync::Notify::new(),
+        });
+        lock(&self.open).push((batch, Arc::clone(&reports)));
+        (batch, reports)
+    }
+
+    fn close(&self, batch: u32) {
+        lock(&self.open).retain(|(b, _)| *b != batch);
+    }
+}
+
+/// A batch registered with the producer's context; unregistered when dropped, so reports
+/// that come after a batch was given up are ignored.
+struct Registration {
+    producer: RelayProducer,
+    batch: u32,
+    reports: Arc<Reports>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.producer.context().close(self.batch);
+    }
+}
+
+/// Locks a mutex that no holder can leave poisoned (no code panics while holding one).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A record ready to send.
@@ -43,51 +146,52 @@ pub struct Prepared<'a> {
 /// Builds the record of DESIGN §4 for a row. The row's headers are carried over (string
 /// values as they are, other JSON values as JSON text); ours win over theirs on collision.
 pub fn prepare<'a>(
-    row: &'a OutboxRow,
+    row: &'a OutboxRow<'a>,
     default_topic: &'a str,
     source: &str,
 ) -> Result<Prepared<'a>, String> {
-    let op = Op::parse(&row.op).ok_or_else(|| format!("unknown op {:?}", row.op))?;
+    let op = Op::parse(row.op).ok_or_else(|| format!("unknown op {:?}", row.op))?;
+    let theirs = row
+        .headers
+        .object()
+        .map_err(|e| format!("the row's headers are not a JSON object: {e}"))?;
     // Borrowed: the relay encodes every row once, and copying its keys only to serialize
     // them showed in the profile (allocation was the largest share of the relay's CPU).
     let event = EventRef {
         v: wire::SCHEMA_VERSION,
         event_id: row.event_id,
         op,
-        keys: &row.keys,
+        keys: &row.keys[..],
         created_at: row.created_at,
         source: Some(source),
     };
     let mut event_id_buf = uuid::Uuid::encode_buffer();
     let event_id: &str = row.event_id.hyphenated().encode_lower(&mut event_id_buf);
-    let mut headers =
-        OwnedHeaders::new_with_capacity(2 + row.headers.as_object().map_or(0, |o| o.len()))
-            .insert(Header {
-                key: wire::headers::CONTENT_TYPE,
-                value: Some(wire::headers::CONTENT_TYPE_JSON),
-            })
-            .insert(Header {
-                key: wire::headers::EVENT_ID,
-                value: Some(event_id),
-            });
-    if let Some(object) = row.headers.as_object() {
-        for (k, v) in object {
-            if k == wire::headers::CONTENT_TYPE || k == wire::headers::EVENT_ID {
-                continue;
-            }
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(text.as_str()),
-            });
+    let mut headers = OwnedHeaders::new_with_capacity(2 + theirs.len())
+        .insert(Header {
+            key: wire::headers::CONTENT_TYPE,
+            value: Some(wire::headers::CONTENT_TYPE_JSON),
+        })
+        .insert(Header {
+            key: wire::headers::EVENT_ID,
+            value: Some(event_id),
+        });
+    for (k, v) in &theirs {
+        if k == wire::headers::CONTENT_TYPE || k == wire::headers::EVENT_ID {
+            continue;
         }
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(text.as_str()),
+        });
     }
     Ok(Prepared {
-        topic: row.topic.as_deref().unwrap_or(default_topic),
-        key: &row.partition_key,
+        topic: row.topic.unwrap_or(default_topic),
+        key: row.partition_key,
         payload: event.encode(),
         headers,
     })
@@ -138,36 +242,52 @@ pub enum RecordOutcome {
 /// their delivery reports. Two steps, so the relay can trace when the last record was
 /// handed over.
 pub struct Enqueued {
-    pending: Vec<Result<(DeliveryFuture, bool), String>>,
+    registration: Registration,
+    /// Per row: `None` if enqueued, else why it was not (empty for a transient error).
+    refused: Vec<Option<String>>,
+    /// Per row: whether its record went to the relay's `--topic`.
+    to_default: Vec<bool>,
     transient: Option<KafkaError>,
 }
 
 /// Hands every row's record to librdkafka (waiting out a full local queue).
 pub async fn enqueue_batch(
-    producer: &FutureProducer,
-    rows: &[OutboxRow],
+    producer: &RelayProducer,
+    rows: &[OutboxRow<'_>],
     default_topic: &str,
     source: &str,
 ) -> Enqueued {
-    let mut pending = Vec::with_capacity(rows.len());
+    let (batch, reports) = producer.context().open();
+    let registration = Registration {
+        producer: producer.clone(),
+        batch,
+        reports,
+    };
+    let mut refused = Vec::with_capacity(rows.len());
+    let mut to_default = Vec::with_capacity(rows.len());
     let mut transient: Option<KafkaError> = None;
-    for row in rows {
+    for (index, row) in rows.iter().enumerate() {
         let prepared = match prepare(row, default_topic, source) {
             Ok(p) => p,
             Err(reason) => {
-                pending.push(Err(reason));
+                refused.push(Some(reason));
+                to_default.push(true);
                 continue;
             }
         };
         let is_default = prepared.topic == default_topic;
-        let mut record = FutureRecord::to(prepared.topic)
+        to_default.push(is_default);
+        let opaque = ((batch as usize) << 32) | index;
+        let mut record = BaseRecord::with_opaque_to(prepared.topic, opaque)
             .key(prepared.key)
             .payload(&prepared.payload)
             .headers(prepared.headers);
+        // Counted before the send: its report may come before `send` returns.
+        registration.reports.left.fetch_add(1, Ordering::AcqRel);
         loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(Ok((delivery, is_default)));
+            match producer.send(record) {
+                Ok(()) => {
+                    refused.push(None);
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -177,11 +297,13 @@ pub async fn enqueue_batch(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((e, _)) => {
+                    // Not enqueued: no report will come for it.
+                    registration.reports.left.fetch_sub(1, Ordering::AcqRel);
                     match classify(&e, is_default) {
-                        DeliveryClass::Permanent => pending.push(Err(e.to_string())),
+                        DeliveryClass::Permanent => refused.push(Some(e.to_string())),
                         DeliveryClass::Transient => {
                             transient.get_or_insert(e);
-                            pending.push(Err(String::new()));
+                            refused.push(Some(String::new()));
                         }
                     }
                     break;
@@ -190,7 +312,12 @@ pub async fn enqueue_batch(
         }
     }
 
-    Enqueued { pending, transient }
+    Enqueued {
+        registration,
+        refused,
+        to_default,
+        transient,
+    }
 }
 
 impl Enqueued {
@@ -198,37 +325,29 @@ impl Enqueued {
     /// (after all reports are in, so nothing is left in flight).
     pub async fn outcomes(self) -> Result<Vec<RecordOutcome>, KafkaError> {
         let Enqueued {
-            pending,
+            registration,
+            refused,
+            to_default,
             mut transient,
         } = self;
-        // One after another, in order: the batch is done when its last report is in, and once
-        // the first is, most of the rest are already there (a ready future returns at once).
-        // `join_all` over thousands of futures polled them through `FuturesOrdered`, whose
-        // bookkeeping was 20% of a draining relay's CPU (perf, BENCHMARKS.md).
-        let mut outcomes = Vec::with_capacity(pending.len());
-        for p in pending {
-            let result = match p {
-                Err(reason) => Err((reason, None)),
-                Ok((delivery, is_default)) => match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err((e.to_string(), Some((e, is_default)))),
-                    Err(_canceled) => Err((
-                        "the producer dropped the delivery report".to_string(),
-                        Some((KafkaError::Canceled, is_default)),
-                    )),
-                },
-            };
-            match result {
-                Ok(()) => outcomes.push(RecordOutcome::Delivered),
-                Err((reason, None)) => outcomes.push(RecordOutcome::Rejected(reason)),
-                Err((reason, Some((e, is_default)))) => match classify(&e, is_default) {
-                    DeliveryClass::Permanent => outcomes.push(RecordOutcome::Rejected(reason)),
-                    DeliveryClass::Transient => {
-                        transient.get_or_insert(e);
-                        outcomes.push(RecordOutcome::Rejected(reason));
-                    }
-                },
+        let reports = &registration.reports;
+        // Drop the count's hold: zero now means every report is already in; otherwise the
+        // last report wakes this task (`notify_one` keeps the wake-up if it comes first).
+        if reports.left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            reports.done.notified().await;
+        }
+        let mut outcomes: Vec<RecordOutcome> = refused
+            .into_iter()
+            .map(|r| match r {
+                None => RecordOutcome::Delivered,
+                Some(reason) => RecordOutcome::Rejected(reason),
+            })
+            .collect();
+        for (index, e) in std::mem::take(&mut *lock(&reports.failed)) {
+            if classify(&e, to_default[index]) == DeliveryClass::Transient {
+                transient.get_or_insert(e.clone());
             }
+            outcomes[index] = RecordOutcome::Rejected(e.to_string());
         }
         match transient {
             Some(e) => Err(e),
@@ -238,7 +357,7 @@ impl Enqueued {
 }
 
 /// Whether the producer hit a fatal error (idempotence broken) and must be recreated.
-pub fn is_fatal(producer: &FutureProducer) -> Option<String> {
+pub fn is_fatal(producer: &RelayProducer) -> Option<String> {
     producer
         .client()
         .fatal_error()
@@ -251,16 +370,19 @@ mod tests {
     use chrono::Utc;
     use rdkafka::message::Headers;
 
-    fn row() -> OutboxRow {
+    const HEADERS: &str =
+        r#"{"n": 3, "traceparent": "00-abc-def-01", "content-type": "text/evil"}"#;
+
+    fn row() -> OutboxRow<'static> {
         OutboxRow {
             id: 7,
             event_id: uuid::Uuid::new_v4(),
             created_at: Utc::now(),
             topic: None,
-            partition_key: "product:42".into(),
-            op: "bump".into(),
-            keys: vec!["product:42".into(), "catalog".into()],
-            headers: serde_json::json!({"traceparent": "00-abc-def-01", "n": 3, "content-type": "text/evil"}),
+            partition_key: "product:42",
+            op: "bump",
+            keys: vec!["product:42", "catalog"],
+            headers: crate::outbox::JsonText(HEADERS),
         }
     }
 
@@ -274,7 +396,12 @@ mod tests {
         let e = wire::decode(&p.payload).unwrap();
         assert_eq!(
             (e.event_id, e.op, e.keys.clone(), e.source.as_deref()),
-            (r.event_id, Op::Bump, r.keys.clone(), Some("shop"))
+            (
+                r.event_id,
+                Op::Bump,
+                vec!["product:42".to_string(), "catalog".to_string()],
+                Some("shop")
+            )
         );
         let hs: Vec<(String, String)> = p
             .headers

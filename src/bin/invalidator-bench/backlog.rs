@@ -165,8 +165,8 @@ async fn held_run(
         } else {
             samples[w.min(windows - 1)].push(ms);
         }
-        if let Some(last) = rows.last() {
-            cursor.claimed(Instant::now(), last.id);
+        if let Some(last) = rows.max_id() {
+            cursor.claimed(Instant::now(), last);
         }
         if rows.len() < 1000 {
             tokio::time::sleep(Duration::from_millis(10)).await; // the relay's poll interval

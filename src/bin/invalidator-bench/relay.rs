@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common::*;
 
@@ -136,8 +136,10 @@ pub async fn run(
     // The broker's own rate from one client: the relay's producer settings, records like its.
     let topic = format!("bench_produce_{}", run_id());
     create_topics(env, std::slice::from_ref(&topic), 6).await;
-    let producer = invalidator::relay::create_producer(&kafka(env), Duration::from_secs(30))
-        .expect("producer");
+    let producer: FutureProducer =
+        invalidator::relay::producer_config(&kafka(env), Duration::from_secs(30))
+            .create()
+            .expect("producer");
     producer
         .send(
             FutureRecord::to(&topic).key("warm-up").payload("{}"),
