@@ -449,4 +449,76 @@ mod tests {
             DeliveryClass::Transient
         );
     }
+
+    fn plain(id: i64, topic: Option<&'static str>) -> OutboxRow<'static> {
+        OutboxRow {
+            id,
+            topic,
+            headers: crate::outbox::JsonText("{}"),
+            ..row()
+        }
+    }
+
+    #[tokio::test]
+    /// Each delivery report lands on its own row: in one batch, a row naming a topic that does
+    /// not exist is rejected (its own fault) and the rows around it are delivered; a row whose
+    /// op is unknown is rejected before it is sent. Then a batch whose records time out (the
+    /// broker down) is a transient failure, reported after every record's report is in.
+    async fn delivery_reports_map_to_their_rows() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let kafka = KafkaSettings {
+            brokers: cluster.bootstrap_servers(),
+            options: vec![
+                ("allow.auto.create.topics".into(), "false".into()),
+                ("topic.metadata.propagation.max.ms".into(), "10".into()),
+            ],
+        };
+        let producer = create_producer(&kafka, Duration::from_secs(5)).unwrap();
+        let mut bad_op = plain(4, None);
+        bad_op.op = "purge";
+        let rows = vec![
+            plain(1, None),
+            plain(2, Some("no-such-topic")),
+            plain(3, Some("t")),
+            bad_op,
+            plain(5, None),
+        ];
+        let outcomes = enqueue_batch(&producer, &rows, "t", "src")
+            .await
+            .outcomes()
+            .await
+            .expect("no transient failure");
+        let kinds: Vec<String> = outcomes
+            .iter()
+            .map(|o| match o {
+                RecordOutcome::Delivered => "delivered".to_string(),
+                RecordOutcome::Rejected(reason) => reason.to_lowercase(),
+            })
+            .collect();
+        assert_eq!(kinds[0], "delivered");
+        assert!(kinds[1].contains("unknown topic"), "{kinds:?}");
+        assert_eq!(kinds[2], "delivered");
+        assert!(kinds[3].contains("unknown op"), "{kinds:?}");
+        assert_eq!(kinds[4], "delivered");
+        assert!(
+            lock(&producer.context().open).is_empty(),
+            "the batch unregistered itself"
+        );
+
+        let short = create_producer(&kafka, Duration::from_secs(2)).unwrap();
+        // A first record while the broker is up, so the batch below fails by timing out.
+        enqueue_batch(&short, &rows[..1], "t", "src")
+            .await
+            .outcomes()
+            .await
+            .unwrap();
+        cluster.broker_down(1).unwrap();
+        let failed = enqueue_batch(&short, &rows[..3], "t", "src")
+            .await
+            .outcomes()
+            .await;
+        let e = failed.expect_err("a broker down is a transient failure");
+        assert_eq!(classify(&e, true), DeliveryClass::Transient, "{e}");
+    }
 }
