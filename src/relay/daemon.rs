@@ -13,6 +13,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::cursor::Cursor;
+use super::lock;
 use super::publish::{self, RecordOutcome};
 use super::settings::{Failpoint, RelaySettings};
 use crate::db::{self, chain, ConnectError};
@@ -234,11 +235,6 @@ impl Shared {
             }
         }
     }
-}
-
-/// Locks a mutex that no holder can leave poisoned (no code panics while holding one).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One batch loop; `--in-flight` of them run. They take turns to claim: the worker holding

@@ -20,6 +20,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::lock;
 use crate::kafka::KafkaSettings;
 use crate::outbox::OutboxRow;
 use crate::wire::{self, EventRef, Op};
@@ -128,11 +129,6 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.producer.context().close(self.batch);
     }
-}
-
-/// Locks a mutex that no holder can leave poisoned (no code panics while holding one).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A record ready to send.
@@ -271,7 +267,7 @@ pub async fn enqueue_batch(
             Ok(p) => p,
             Err(reason) => {
                 refused.push(Some(reason));
-                to_default.push(true);
+                to_default.push(true); // unused: a refused row has no report to classify
                 continue;
             }
         };
