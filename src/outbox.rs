@@ -180,6 +180,73 @@ pub async fn bury(
     Ok(())
 }
 
+/// Whether a claim failed because PostgreSQL cannot send a row's text as UTF-8 (SQLSTATE
+/// 22021). That happens in a `SQL_ASCII` database, which stores any bytes: a key written
+/// there in another encoding can never be read by a UTF-8 client, so its row would fail
+/// every claim that reaches it, and stop the relay at that row for good.
+pub fn is_unreadable_text(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE)
+}
+
+/// The `outbox_dead.error` of a row moved by [`bury_unreadable`].
+pub const UNREADABLE_ERROR: &str = "the row's text is not valid UTF-8 (a SQL_ASCII database \
+    holding bytes of another encoding), so no client can read it as text: invalidate its keys \
+    again with invalidator.invalidate() written as UTF-8, then delete this row";
+
+/// After a claim failed with [`is_unreadable_text`]: looks at the rows that claim would
+/// have taken (up to `limit` from `from_id`, skipping rows other batches hold), one at a
+/// time, and moves each one PostgreSQL cannot send as UTF-8 to `outbox_dead` inside the
+/// database (the bytes are copied as they are, never through this client). Returns the ids
+/// moved; the rows that can be read are left for the next claim. Slow (a round trip per
+/// row), and only ever run after such a failure.
+pub async fn bury_unreadable(
+    tx: &mut Transaction<'_>,
+    limit: i64,
+    from_id: i64,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let ids: Vec<i64> = tx
+        .query(
+            "SELECT id FROM invalidator.outbox WHERE id >= $1 ORDER BY id LIMIT $2 \
+             FOR UPDATE SKIP LOCKED",
+            &[&from_id, &limit],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut buried = Vec::new();
+    for id in ids {
+        let savepoint = tx.savepoint("invalidator_read_check").await?;
+        // The text columns, as text: PostgreSQL converts them for this client or fails.
+        let read = savepoint
+            .query_one(
+                "SELECT topic, partition_key, op, keys::text, headers::text \
+                 FROM invalidator.outbox WHERE id = $1",
+                &[&id],
+            )
+            .await;
+        match read {
+            Ok(_) => savepoint.commit().await?,
+            Err(e) if is_unreadable_text(&e) => {
+                savepoint.rollback().await?;
+                tx.execute(
+                    "WITH gone AS (DELETE FROM invalidator.outbox WHERE id = $1 RETURNING *)
+                     INSERT INTO invalidator.outbox_dead
+                         (id, event_id, created_at, topic, partition_key, op, keys, headers, error)
+                     SELECT id, event_id, created_at, topic, partition_key, op, keys, headers, $2
+                     FROM gone
+                     ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()",
+                    &[&id, &UNREADABLE_ERROR],
+                )
+                .await?;
+                buried.push(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buried)
+}
+
 /// Why the database is not ready for the relay.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {

@@ -588,6 +588,73 @@ async fn oversize_row_is_buried_and_others_flow() {
 }
 
 #[tokio::test]
+/// A SQL_ASCII database stores any bytes, and PostgreSQL refuses to send a row holding
+/// non-UTF-8 text to a UTF-8 client (SQLSTATE 22021), so such a row failed every claim that
+/// reached it and stalled the relay there for good. Now the unreadable rows (a key, a
+/// header) are moved to outbox_dead inside the database, bytes intact, and the rows around
+/// them are published.
+async fn unreadable_row_is_buried_and_others_flow() {
+    let db =
+        TestDb::new_with("ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+            .await;
+    let mut c = db.client().await;
+    migrate::run(&mut c, &migrate::Options::default())
+        .await
+        .expect("migrate");
+    let topic = unique("relay_ascii");
+    k::create_topic(&k::brokers(), &topic, 1).await;
+    let before = insert(&c, "before", 5).await;
+    let bad: Vec<Uuid> = c
+        .query(
+            "SELECT invalidator.invalidate(ARRAY[convert_from('\\x6b3aff'::bytea, 'SQL_ASCII')])
+             UNION ALL
+             SELECT invalidator.invalidate(ARRAY['fine:1'],
+                 headers => jsonb_build_object('h', convert_from('\\x41fe'::bytea, 'SQL_ASCII')))",
+            &[],
+        )
+        .await
+        .expect("writing rows with non-UTF-8 bytes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let after = insert(&c, "after", 5).await;
+
+    let relay = start(settings(&db, &k::brokers(), &topic));
+    let cc = &c;
+    eventually(WAIT, "the outbox empties", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    let dead_metric = relay.health.stats.dead.get();
+    relay.stop().await;
+
+    let dead = c
+        .query(
+            "SELECT event_id, error, octet_length(keys[1]) FROM invalidator.outbox_dead ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let dead_ids: Vec<Uuid> = dead.iter().map(|r| r.get(0)).collect();
+    assert_eq!(dead_ids, bad);
+    assert!(dead[0].get::<_, String>(1).contains("not valid UTF-8"));
+    assert_eq!(
+        dead[0].get::<_, i32>(2),
+        3,
+        "the key's bytes are kept as they were"
+    );
+    assert_eq!(dead_metric, 2);
+    let records = k::read(&k::brokers(), &topic, 10, WAIT).await;
+    let ids = event_ids(&records);
+    assert_eq!(
+        account(&before, &ids).0 + account(&after, &ids).0,
+        0,
+        "none missing"
+    );
+    assert!(!ids.iter().any(|id| bad.contains(id)));
+}
+
+#[tokio::test]
 /// SIGTERM while rows are flowing: the relay exits 0 by itself within its grace period, and
 /// a later relay publishes whatever was left: no row lost.
 async fn sigterm_under_load_exits_zero_without_loss() {

@@ -490,6 +490,21 @@ async fn relay_batch(
             trace.claimed = trace.stamp();
             raw
         }
+        Err(e) if outbox::is_unreadable_text(&e) => {
+            drop(tx); // aborted: rolls back
+            let failed = match bury_unreadable(s, &mut client, from_id).await {
+                // The next claim goes at once, past the rows moved.
+                Ok(moved) if moved > 0 => None,
+                // None of the rows was unreadable any more: an ordinary failure.
+                Ok(_) => Some(fail(e.into())),
+                Err(e) => Some(fail(e.into())),
+            };
+            pass(true, None);
+            return match failed {
+                None => Ok(Batch::default()),
+                Some(failed) => Err(failed),
+            };
+        }
         Err(e) => {
             let failed = fail(e.into());
             pass(true, None);
@@ -550,6 +565,29 @@ async fn relay_batch(
             .map(|(r, _)| r.created_at)
             .collect(),
     })
+}
+
+/// A claim failed on text PostgreSQL cannot send as UTF-8 ([`outbox::is_unreadable_text`]):
+/// moves the rows that claim would have taken and that cannot be read to `outbox_dead`
+/// (logged and counted as dead), so the relay goes on past them instead of failing at the
+/// same row forever. Returns how many were moved.
+async fn bury_unreadable(
+    s: &Shared,
+    client: &mut deadpool_postgres::Object,
+    from_id: i64,
+) -> Result<usize, tokio_postgres::Error> {
+    let mut tx = client.transaction().await?;
+    let ids = outbox::bury_unreadable(&mut tx, s.settings.batch_size, from_id).await?;
+    tx.commit().await?;
+    for id in &ids {
+        tracing::error!(
+            id,
+            error = outbox::UNREADABLE_ERROR,
+            "a row cannot be read as UTF-8; moved to invalidator.outbox_dead"
+        );
+    }
+    s.health.stats.dead.inc_by(ids.len() as u64);
+    Ok(ids.len())
 }
 
 /// The `tracing` target of the per-batch trace: off unless `RUST_LOG` names it at TRACE

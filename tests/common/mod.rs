@@ -52,10 +52,15 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        TestDb::new_with("").await
+    }
+
+    /// A database created with `options` after `CREATE DATABASE name`, e.g. an encoding.
+    pub async fn new_with(options: &str) -> TestDb {
         let name = unique("inv_t");
         let admin = connect(&admin_url()).await;
         admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name} {options}"))
             .await
             .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
         let url = with_database(&admin_url(), &name);
