@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build prerequisites of the bundled librdkafka (with OpenSSL for SASL/SSL).
+# Build prerequisites of the bundled librdkafka (with OpenSSL for SASL/SSL), and valgrind.
 missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v make >/dev/null || missing+=(make)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+# The bench's cost scenario counts instructions with callgrind; its smoke test runs it.
+command -v valgrind >/dev/null || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test: installing build prerequisites: ${missing[*]}" >&2
   if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi

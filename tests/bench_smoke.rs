@@ -75,3 +75,41 @@ async fn bench_smoke_runs_every_scenario() {
     let traced = stdout.matches(": 100 events traced;").count();
     assert_eq!(traced, 2, "trace summaries:\n{stdout}");
 }
+
+#[tokio::test]
+/// `invalidator-bench --smoke --scenarios cost` runs the relay under callgrind twice (it
+/// needs valgrind, which `scripts/test.sh` installs) and prints a positive count of
+/// instructions per row: the instrument of BENCHMARKS.md item 15 keeps working.
+async fn bench_smoke_counts_the_relays_instructions() {
+    let dir = tempfile_dir();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_invalidator-bench"))
+        .args(["--smoke", "--scenarios", "cost", "--cost-dir"])
+        .arg(&dir)
+        .env_remove("INVALIDATOR_KAFKA_OPTIONS")
+        .output()
+        .await
+        .expect("running invalidator-bench");
+    let stdout = common::text(&out.stdout);
+    let stderr = common::text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("### (a) relay CPU cost, counted"),
+        "no cost table (valgrind missing?):\n{stdout}\n{stderr}"
+    );
+    let per_row: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("relay instructions per additional row: "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no per-row count:\n{stdout}"));
+    assert!(per_row > 0.0, "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory of this test's own under the system's temporary directory.
+fn tempfile_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("invalidator-bench-cost-{}", std::process::id()))
+}
