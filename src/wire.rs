@@ -1,6 +1,8 @@
 //! The wire format of DESIGN §4: the JSON value of a Kafka record, and header names.
 //! Pure: no I/O, so the relay, the consumer, the DLQ tools and the fuzzer share it.
 
+use std::io::Write;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -107,7 +109,8 @@ impl<K: AsRef<str>> EventRef<'_, K> {
         let source = self.source.map_or(0, |s| s.len() + 12);
         let mut out = Vec::with_capacity(128 + keys + source);
         out.extend_from_slice(b"{\"v\":");
-        push_u64(&mut out, self.v);
+        // Formatted straight into the buffer: no `to_string` allocation.
+        write!(out, "{}", self.v).expect("writing to a Vec never fails");
         out.extend_from_slice(b",\"event_id\":\"");
         let mut uuid = Uuid::encode_buffer();
         out.extend_from_slice(
@@ -136,21 +139,6 @@ impl<K: AsRef<str>> EventRef<'_, K> {
         out.push(b'}');
         out
     }
-}
-
-/// Appends `v` in decimal, without the allocation of `to_string`.
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends `s` as a JSON string. Keys and sources rarely hold a byte JSON escapes (`"`, `\`,

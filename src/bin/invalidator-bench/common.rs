@@ -329,6 +329,17 @@ pub async fn insert_outbox(c: &tokio_postgres::Client, n: i64, prefix: &str) {
     .expect("inserting outbox rows");
 }
 
+/// `n` one-key rows into the outbox ([`insert_outbox`], keys `product:<i>`); with `vacuum`,
+/// then VACUUM ANALYZE, so a drain starts from a table without dead tuples and with stats.
+pub async fn preload(c: &tokio_postgres::Client, n: i64, vacuum: bool) {
+    insert_outbox(c, n, "product").await;
+    if vacuum {
+        c.batch_execute("VACUUM ANALYZE invalidator.outbox")
+            .await
+            .expect("vacuum");
+    }
+}
+
 /// Starts `invalidator consume` on `topic` (group `<topic>_g`), polling tansu quickly.
 pub async fn start_consumer(env: &Env, topic: &str) -> Daemon {
     let group = format!("{topic}_g");

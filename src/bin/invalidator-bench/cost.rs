@@ -8,7 +8,7 @@
 //! no Kafka. Start-up, the producer's first handshake and shutdown are the same in both runs;
 //! the difference of the two totals divided by N is what one more row costs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -46,10 +46,7 @@ pub async fn run(env: &Env, rows: i64, batch: i64, dir: &Path) {
             .expect("creating the topic on the mock cluster");
         let db = ScratchDb::new(env, "cost").await;
         let c = db.client().await;
-        insert_outbox(&c, n, "product").await;
-        c.batch_execute("VACUUM ANALYZE invalidator.outbox")
-            .await
-            .expect("vacuum");
+        preload(&c, n, true).await;
         let out = dir.join(format!("callgrind.relay.{n}"));
         let out_arg = format!("--callgrind-out-file={}", out.display());
         let started = Instant::now();
@@ -110,7 +107,7 @@ pub async fn run(env: &Env, rows: i64, batch: i64, dir: &Path) {
 }
 
 /// The `totals:` (or `summary:`) line of a callgrind output file: instructions executed.
-fn callgrind_total(path: &PathBuf) -> u64 {
+fn callgrind_total(path: &Path) -> u64 {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines()

@@ -216,12 +216,3 @@ async fn claim_totals(relay: &Daemon) -> (f64, f64) {
             .await,
     )
 }
-
-async fn preload(c: &tokio_postgres::Client, n: i64, vacuum: bool) {
-    insert_outbox(c, n, "product").await;
-    if vacuum {
-        c.batch_execute("VACUUM ANALYZE invalidator.outbox")
-            .await
-            .expect("vacuum");
-    }
-}
