@@ -226,6 +226,9 @@ async fn consume(
                 continue;
             }
         };
+        // Only when the trace is on: no clock read otherwise.
+        let received = tracing::enabled!(target: TRACE_TARGET, tracing::Level::TRACE)
+            .then(std::time::Instant::now);
         let first = match first {
             Some(Ok(m)) => m.detach(),
             Some(Err(e)) => {
@@ -250,6 +253,9 @@ async fn consume(
         let started = std::time::Instant::now();
         health.stats.records.inc_by(batch.len() as u64);
         let (done, fatal) = process_batch(settings, &batch, cache, dlq, health, shutdown).await;
+        if let Some(received) = received {
+            trace_batch(&batch, received, std::time::Instant::now());
+        }
         store_offsets(consumer, &batch, &done, health);
         health
             .stats
@@ -453,6 +459,33 @@ fn store_offsets(
         }
     }
     health.stats.offsets_stored.inc_by(count);
+}
+
+/// The `tracing` target of the consumer's per-batch trace: off unless `RUST_LOG` names it at
+/// TRACE (e.g. `RUST_LOG=info,invalidator::consumer::trace=trace`).
+pub const TRACE_TARGET: &str = "invalidator::consumer::trace";
+
+/// One batch's timeline, logged at TRACE on [`TRACE_TARGET`] with wall-clock microseconds,
+/// so a benchmark can split each event's latency where the consumer received it (the relay's
+/// trace has the same form): `received_us`, when the loop took the batch's first record from
+/// librdkafka; `applied_us`, when Redis had applied (or the DLQ taken) every record. Records
+/// that do not decode have no event id and are not listed.
+fn trace_batch(batch: &[OwnedMessage], received: std::time::Instant, applied: std::time::Instant) {
+    let clock = crate::telemetry::WallClock::now();
+    let ids = crate::telemetry::WallClock::join_ids(
+        batch
+            .iter()
+            .filter_map(|m| wire::decode(m.payload()?).ok())
+            .map(|e| e.event_id),
+    );
+    tracing::trace!(
+        target: TRACE_TARGET,
+        records = batch.len(),
+        received_us = clock.unix_us(received),
+        applied_us = clock.unix_us(applied),
+        event_ids = ids,
+        "batch trace"
+    );
 }
 
 /// The W3C `traceparent` header the application put on the outbox row, if any.

@@ -11,7 +11,7 @@ pub mod dlq;
 pub mod error;
 pub mod settings;
 
-pub use daemon::run;
+pub use daemon::{run, TRACE_TARGET};
 pub use error::{ConsumeError, DlqReason};
 /// Readiness and metrics of a running consumer (served by [`crate::metrics::serve`]).
 pub type Health = crate::metrics::Health<crate::metrics::ConsumerMetrics>;

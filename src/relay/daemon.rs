@@ -653,24 +653,9 @@ impl Trace {
         if !self.enabled {
             return;
         }
-        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
-        let unix_us = |at: Option<Instant>| -> i64 {
-            let Some(at) = at else { return 0 };
-            let wall_at = wall - now.saturating_duration_since(at);
-            wall_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64)
-        };
-        let mut ids = String::with_capacity(self.event_ids.len() * 37);
-        for id in &self.event_ids {
-            if !ids.is_empty() {
-                ids.push(' ');
-            }
-            ids.push_str(
-                id.hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
-            );
-        }
+        let clock = crate::telemetry::WallClock::now();
+        let unix_us = |at: Option<Instant>| at.map_or(0, |at| clock.unix_us(at));
+        let ids = crate::telemetry::WallClock::join_ids(self.event_ids.iter().copied());
         tracing::trace!(
             target: TRACE_TARGET,
             worker = self.worker,

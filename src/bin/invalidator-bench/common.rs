@@ -342,6 +342,16 @@ pub async fn preload(c: &tokio_postgres::Client, n: i64, vacuum: bool) {
 
 /// Starts `invalidator consume` on `topic` (group `<topic>_g`), polling tansu quickly.
 pub async fn start_consumer(env: &Env, topic: &str) -> Daemon {
+    start_consumer_tracing(env, topic, None).await
+}
+
+/// [`start_consumer`]; with `trace`, its per-batch trace
+/// ([`invalidator::consumer::TRACE_TARGET`]) is on and its log (JSON lines) goes to that file.
+pub async fn start_consumer_tracing(
+    env: &Env,
+    topic: &str,
+    trace: Option<&std::path::Path>,
+) -> Daemon {
     let group = format!("{topic}_g");
     let mut args = vec![
         "--topic",
@@ -354,15 +364,16 @@ pub async fn start_consumer(env: &Env, topic: &str) -> Daemon {
     for option in &env.consumer_options {
         args.extend(["-X", option.as_str()]);
     }
-    Daemon::start(
-        "consume",
-        &args,
-        &[
-            ("KAFKA_BROKERS", &env.brokers),
-            ("REDIS_URL", &env.redis_url),
-        ],
-    )
-    .await
+    let filter = format!("error,{}=trace", invalidator::consumer::TRACE_TARGET);
+    let mut vars = vec![
+        ("KAFKA_BROKERS", env.brokers.as_str()),
+        ("REDIS_URL", env.redis_url.as_str()),
+    ];
+    if trace.is_some() {
+        args.extend(["--log-format", "json"]);
+        vars.push(("RUST_LOG", &filter));
+    }
+    Daemon::start_logging("consume", &args, &vars, trace).await
 }
 
 /// Creates `topics` on the brokers (memory engine by default).

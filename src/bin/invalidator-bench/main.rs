@@ -71,6 +71,10 @@ struct Args {
     /// (b) seconds of writing per rate.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// (b) rounds per rate: the two broker floors and both pipeline paths, again and again
+    /// in turn, so that a summary compares each run with the floors measured just before it.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// (b) also measure the broker floor during each pipeline run, at this many records/s
     /// (0: not). The probe's own load is on the pipeline too; compare with a run without it.
     #[arg(long, default_value_t = 0)]
@@ -156,6 +160,7 @@ async fn main() {
             &env,
             &a.rates,
             a.seconds,
+            a.rounds,
             latency::Extras {
                 probe_rate: a.floor_probe_rate,
                 tap: a.tap,
