@@ -6,7 +6,8 @@ mod common;
 #[tokio::test]
 /// `invalidator-bench --smoke` exits 0 and prints every scenario's table, and the latency
 /// scenario observed every event it wrote (the pipeline lost none), the floor probe's too,
-/// the tap consumer fetched every one, and the relay's trace accounted for every one.
+/// the tap consumer fetched every one, and the relay's and the consumer's traces accounted
+/// for every one.
 async fn bench_smoke_runs_every_scenario() {
     let brokers = common::kafka::fast_brokers();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_invalidator-bench"))
@@ -53,8 +54,10 @@ async fn bench_smoke_runs_every_scenario() {
             assert!(row.contains(every), "{title}: {every:?} missing in {row}");
         }
     };
-    // Every event observed: the pipeline lost none.
-    check("(b) end-to-end latency", "| 100 | ", 3, "| 100/100 |");
+    // Every event observed: the pipeline lost none (two floors, two paths).
+    check("(b) end-to-end latency", "| 100 | ", 4, "| 100/100 |");
+    // Each path's p99 next to the floors of its round.
+    check("(b) p99 against the targets", "| 100 | pipeline, ", 2, " of 1 |");
     // One probe per pipeline run, every probe record observed.
     check(
         "(b) end-to-end latency",
@@ -64,14 +67,19 @@ async fn bench_smoke_runs_every_scenario() {
     );
     // Every event fetched by the tap and seen gone.
     check("(b) each event split", "| 100 | ", 2, " | 100 | ");
-    // Every event found in the relay's trace, joined to its commit, fetch and deletion:
-    // seven stages per path, and the count under the table.
+    // Every event found in the relay's and the consumer's traces, joined to its commit,
+    // the tap's fetch and its deletion: ten stages per path (ours and the broker's among
+    // them), and the count under the table.
     check(
-        "(b) each event through the relay",
+        "(b) each event through the relay and the consumer",
         "| 100 | ",
-        14,
+        20,
         "| pipeline, ",
     );
+    let ours = stdout
+        .matches("| ours: commit → handed over, plus received → key gone |")
+        .count();
+    assert_eq!(ours, 2, "our part per path:\n{stdout}");
     let traced = stdout.matches(": 100 events traced;").count();
     assert_eq!(traced, 2, "trace summaries:\n{stdout}");
 }
