@@ -57,7 +57,12 @@ async fn bench_smoke_runs_every_scenario() {
     // Every event observed: the pipeline lost none (two floors, two paths).
     check("(b) end-to-end latency", "| 100 | ", 4, "| 100/100 |");
     // Each path's p99 next to the floors of its round.
-    check("(b) p99 against the targets", "| 100 | pipeline, ", 2, " of 1 |");
+    check(
+        "(b) p99 against the targets",
+        "| 100 | pipeline, ",
+        2,
+        " of 1 |",
+    );
     // One probe per pipeline run, every probe record observed.
     check(
         "(b) end-to-end latency",
