@@ -73,12 +73,12 @@ async fn bench_smoke_runs_every_scenario() {
     // Every event fetched by the tap and seen gone.
     check("(b) each event split", "| 100 | ", 2, " | 100 | ");
     // Every event found in the relay's and the consumer's traces, joined to its commit,
-    // the tap's fetch and its deletion: ten stages per path (ours and the broker's among
+    // the tap's fetch and its deletion: eleven stages per path (ours and the broker's among
     // them), and the count under the table.
     check(
         "(b) each event through the relay and the consumer",
         "| 100 | ",
-        20,
+        22,
         "| pipeline, ",
     );
     let ours = stdout

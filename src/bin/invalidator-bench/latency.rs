@@ -784,6 +784,7 @@ struct Traced {
 struct TraceLine {
     why: String,
     rows: usize,
+    got_turn_us: i64,
     started_us: i64,
     claimed_us: i64,
     sent_us: i64,
@@ -845,6 +846,8 @@ fn follow(
             let ms = |a: i64, b: i64| (b - a) as f64 / 1e3;
             let mut stages = vec![
                 ms(c, b.started_us),
+                // Zero when a loop already held the turn at the commit.
+                ms(c, b.got_turn_us).max(0.0),
                 ms(b.started_us, b.claimed_us),
                 ms(b.claimed_us, b.sent_us),
                 ms(b.sent_us, b.acked_us),
@@ -864,6 +867,7 @@ fn follow(
     // In the order the stages were pushed above.
     let mut names = vec![
         "commit → claim starts",
+        "(part of it) commit → a batch loop free to claim had the turn",
         "claim statement",
         "claimed → last record handed to librdkafka",
         "handed over → last delivery report",
