@@ -193,7 +193,7 @@ impl Daemon {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting invalidator {what}: {e}"));
-        let d = Daemon {
+        let mut d = Daemon {
             child,
             metrics,
             what,
@@ -203,6 +203,10 @@ impl Daemon {
             .await
             .starts_with("HTTP/1.1 200")
         {
+            // A daemon that exited (bad arguments, no service) is not waited for.
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("invalidator {what} exited before it was ready ({status}); see its log");
+            }
             assert!(
                 Instant::now() < deadline,
                 "invalidator {what} not ready within 120 s"
