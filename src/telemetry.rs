@@ -49,26 +49,26 @@ impl WallClock {
     pub fn unix_us(&self, at: std::time::Instant) -> i64 {
         self.unix_us - self.now.saturating_duration_since(at).as_micros() as i64
     }
+}
 
-    /// The event ids as the traces log them: hyphenated, lower case, space-separated.
-    pub fn join_ids(ids: impl Iterator<Item = uuid::Uuid>) -> String {
-        let mut out = String::new();
-        for id in ids {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(
-                id.hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
-            );
+/// The event ids as the traces log them: hyphenated, lower case, space-separated.
+pub fn trace_ids(ids: impl Iterator<Item = uuid::Uuid>) -> String {
+    let mut out = String::new();
+    for id in ids {
+        if !out.is_empty() {
+            out.push(' ');
         }
-        out
+        out.push_str(
+            id.hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        );
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::WallClock;
+    use super::{trace_ids, WallClock};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -82,9 +82,9 @@ mod tests {
         // Later than the reading: the reading.
         assert_eq!(clock.unix_us(clock.now + Duration::from_secs(1)), b);
         let id = uuid::Uuid::from_u128(1);
-        assert_eq!(WallClock::join_ids([].into_iter()), "");
+        assert_eq!(trace_ids([].into_iter()), "");
         assert_eq!(
-            WallClock::join_ids([id, id].into_iter()),
+            trace_ids([id, id].into_iter()),
             "00000000-0000-0000-0000-000000000001 00000000-0000-0000-0000-000000000001"
         );
     }

@@ -472,7 +472,7 @@ pub const TRACE_TARGET: &str = "invalidator::consumer::trace";
 /// that do not decode have no event id and are not listed.
 fn trace_batch(batch: &[OwnedMessage], received: std::time::Instant, applied: std::time::Instant) {
     let clock = crate::telemetry::WallClock::now();
-    let ids = crate::telemetry::WallClock::join_ids(
+    let ids = crate::telemetry::trace_ids(
         batch
             .iter()
             .filter_map(|m| wire::decode(m.payload()?).ok())

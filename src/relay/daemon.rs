@@ -655,7 +655,7 @@ impl Trace {
         }
         let clock = crate::telemetry::WallClock::now();
         let unix_us = |at: Option<Instant>| at.map_or(0, |at| clock.unix_us(at));
-        let ids = crate::telemetry::WallClock::join_ids(self.event_ids.iter().copied());
+        let ids = crate::telemetry::trace_ids(self.event_ids.iter().copied());
         tracing::trace!(
             target: TRACE_TARGET,
             worker = self.worker,

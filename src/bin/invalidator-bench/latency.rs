@@ -820,12 +820,14 @@ fn follow(
 ) -> Traced {
     let clock = invalidator::telemetry::WallClock::now();
     let us = |at: Instant| clock.unix_us(at);
+    // A logged event id as this run's event number (None: the warm-up, or another run's).
+    let event = |id: &str| id.parse().ok().and_then(|id| event_ids.get(&id));
     let batches: Vec<TraceLine> = trace_lines(log, "relay");
     // Each event's first receipt by the consumer daemon.
     let mut received: HashMap<u64, i64> = HashMap::new();
     for b in trace_lines::<ConsumerTraceLine>(consumer_log, "consumer") {
         for id in b.event_ids.split(' ') {
-            if let Some(i) = id.parse().ok().and_then(|id| event_ids.get(&id)) {
+            if let Some(i) = event(id) {
                 let at = received.entry(*i).or_insert(b.received_us);
                 *at = (*at).min(b.received_us);
             }
@@ -835,8 +837,8 @@ fn follow(
     let mut events: Vec<(f64, Vec<f64>, &str, usize)> = Vec::new();
     for b in &batches {
         for id in b.event_ids.split(' ') {
-            let Some(i) = id.parse().ok().and_then(|id| event_ids.get(&id)) else {
-                continue; // the warm-up event, or not one of this run's
+            let Some(i) = event(id) else {
+                continue;
             };
             let (Some(c), Some(g), Some(r)) = (committed.get(i), gone.get(i), received.get(i))
             else {
