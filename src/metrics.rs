@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 // Relay.
 /// Records the brokers acknowledged in committed batches.
 pub const RELAY_PUBLISHED: &str = "invalidator_relay_published_total";
-/// Rows moved to `invalidator.outbox_dead` (the broker can never accept them).
+/// Rows moved to `invalidator.outbox_dead` (they can never be published).
 pub const RELAY_DEAD: &str = "invalidator_relay_dead_total";
 /// Batches committed (claimed, published, acknowledged, deleted).
 pub const RELAY_BATCHES: &str = "invalidator_relay_batches_total";
@@ -210,13 +210,13 @@ impl Register for ConsumerMetrics {
 
 /// Seconds from `created_at` to now; negative skew between clocks counts as 0.
 pub fn seconds_since(created_at: DateTime<Utc>) -> f64 {
-    seconds_between(created_at, Utc::now())
+    seconds_between_micros(created_at.timestamp_micros(), Utc::now().timestamp_micros())
 }
 
-/// Seconds from `created_at` to `now` ([`seconds_since`] with the clock read once for a whole
-/// batch); negative skew counts as 0.
-pub fn seconds_between(created_at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
-    (now - created_at).to_std().map_or(0.0, |d| d.as_secs_f64())
+/// Seconds from `created_at` to `now`, both in microseconds since the Unix epoch (the relay
+/// reads the clock once for a whole batch); negative skew counts as 0.
+pub fn seconds_between_micros(created_at: i64, now: i64) -> f64 {
+    now.saturating_sub(created_at).max(0) as f64 / 1e6
 }
 
 /// prometheus-client appends `_total` to counter names itself.

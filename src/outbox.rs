@@ -16,12 +16,89 @@ pub const REQUIRED_VERSION: i32 = 2;
 pub struct OutboxRow<'a> {
     pub id: i64,
     pub event_id: Uuid,
-    pub created_at: DateTime<Utc>,
+    pub created_at: PgTimestamp,
     pub topic: Option<&'a str>,
     pub partition_key: &'a str,
     pub op: &'a str,
     pub keys: Vec<&'a str>,
     pub headers: JsonText<'a>,
+}
+
+/// A `timestamptz` as PostgreSQL sends it: microseconds since 2000-01-01 00:00:00 UTC, with
+/// `i64::MAX` and `i64::MIN` for `infinity` and `-infinity`. Written back as it came
+/// ([`bury`]). Not chrono's `DateTime`: its range (±262,143 years) is smaller than
+/// timestamptz's, and decoding a row with `created_at = 'infinity'` into it made the relay
+/// panic at that row on every claim; and through chrono, decoding and formatting cost 580
+/// instructions per row (BENCHMARKS.md item 18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgTimestamp(pub i64);
+
+/// 2000-01-01 00:00:00 UTC, PostgreSQL's epoch, in microseconds since the Unix epoch.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+impl PgTimestamp {
+    /// Microseconds since the Unix epoch; None for ±infinity.
+    pub fn unix_micros(self) -> Option<i64> {
+        match self.0 {
+            i64::MAX | i64::MIN => None,
+            t => t.checked_add(PG_EPOCH_UNIX_MICROS),
+        }
+    }
+
+    pub fn from_datetime(t: DateTime<Utc>) -> PgTimestamp {
+        PgTimestamp(t.timestamp_micros() - PG_EPOCH_UNIX_MICROS)
+    }
+}
+
+impl std::fmt::Display for PgTimestamp {
+    /// As PostgreSQL prints it, for error messages: RFC 3339 where it can be, else
+    /// `infinity`, `-infinity` or the microseconds since 2000-01-01.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            i64::MAX => f.write_str("infinity"),
+            i64::MIN => f.write_str("-infinity"),
+            t => match self
+                .unix_micros()
+                .and_then(DateTime::<Utc>::from_timestamp_micros)
+            {
+                Some(dt) => write!(f, "{}", dt.format("%Y-%m-%d %H:%M:%S%.6f+00")),
+                None => write!(f, "{t} µs after 2000-01-01"),
+            },
+        }
+    }
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for PgTimestamp {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let raw: [u8; 8] = raw
+            .try_into()
+            .map_err(|_| "a timestamptz is 8 bytes in the binary format")?;
+        Ok(PgTimestamp(i64::from_be_bytes(raw)))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::TIMESTAMPTZ
+    }
+}
+
+impl tokio_postgres::types::ToSql for PgTimestamp {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0.to_be_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::TIMESTAMPTZ
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A `json` or `jsonb` value as the JSON text PostgreSQL sent, not parsed. An outbox row's

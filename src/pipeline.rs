@@ -60,20 +60,25 @@ pub async fn run(
 ) -> Result<(), PipelineError> {
     // Each daemon gets a child token: a failure of one cancels its sibling, not the caller.
     let both = shutdown.child_token();
+    // A daemon that stops, however (a panic too), stops its sibling: the guard cancels
+    // `both` when dropped. Cancelling only after `run` returned left the consumer running
+    // alone after the relay panicked, the process up and nothing relayed.
     let relay = {
         let both = both.clone();
         async move {
-            let r = relay::run(relay_settings, relay_health, both.clone()).await;
-            both.cancel();
-            r.map_err(PipelineError::Relay)
+            let _stop_sibling = both.clone().drop_guard();
+            relay::run(relay_settings, relay_health, both)
+                .await
+                .map_err(PipelineError::Relay)
         }
     };
     let consumer = {
         let both = both.clone();
         async move {
-            let r = consumer::run(consumer_settings, consumer_health, both.clone()).await;
-            both.cancel();
-            r.map_err(|e| PipelineError::Consumer(Box::new(e)))
+            let _stop_sibling = both.clone().drop_guard();
+            consumer::run(consumer_settings, consumer_health, both)
+                .await
+                .map_err(|e| PipelineError::Consumer(Box::new(e)))
         }
     };
     // Separate tasks, so the two daemons use both cores.

@@ -70,72 +70,78 @@ pub struct Event {
 impl Event {
     /// The record value: compact JSON.
     pub fn encode(&self) -> Vec<u8> {
-        EventRef {
-            v: self.v,
-            event_id: self.event_id,
-            op: self.op,
-            keys: &self.keys,
-            created_at: self.created_at,
-            source: self.source.as_deref(),
-        }
-        .encode()
+        let mut id = Uuid::encode_buffer();
+        let mut time = [0u8; 32];
+        Encoder::new(self.source.as_deref()).encode(
+            self.v,
+            self.event_id.hyphenated().encode_lower(&mut id),
+            self.op,
+            &self.keys,
+            micros::rfc3339_micros(&self.created_at, &mut time),
+        )
     }
 }
 
-/// An [`Event`] that borrows its keys and source: what the relay encodes, without copying
-/// them. `K` is `String` for an [`Event`]'s keys and `&str` for keys the relay reads straight
-/// from a claimed row.
-#[derive(Debug, Clone, Copy)]
-pub struct EventRef<'a, K = String> {
-    pub v: u64,
-    pub event_id: Uuid,
-    pub op: Op,
-    pub keys: &'a [K],
-    pub created_at: DateTime<Utc>,
-    pub source: Option<&'a str>,
+/// Writes record values for one source (the relay's `--source`, for every row it relays):
+/// the source's JSON is escaped once here, not per event.
+///
+/// Byte for byte what serde_json writes for [`Event`] (field order, escapes; tests and the
+/// fuzzer compare the two). Written by hand: through serde_json it cost 3,200 instructions
+/// per one-key event, 16% of a draining relay's (callgrind, BENCHMARKS.md item 15), most of
+/// it escaping strings that never need it.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    /// `,"source":"…"`, escaped; empty without a source.
+    source: Vec<u8>,
 }
 
-impl<K: AsRef<str>> EventRef<'_, K> {
-    /// The record value: compact JSON, byte for byte what serde_json writes for [`Event`]
-    /// (field order, escapes; tests and the fuzzer compare the two). Written by hand: through
-    /// serde_json it cost 3,200 instructions per one-key event, 16% of a draining relay's
-    /// (callgrind, BENCHMARKS.md item 15), most of it escaping strings that never need it.
-    pub fn encode(&self) -> Vec<u8> {
+impl Encoder {
+    pub fn new(source: Option<&str>) -> Encoder {
+        let mut out = Vec::new();
+        if let Some(source) = source {
+            out.extend_from_slice(b",\"source\":");
+            json_string(&mut out, source);
+        }
+        Encoder { source: out }
+    }
+
+    /// The record value of one event. The caller has already written two of its fields as
+    /// text, which the relay needs for itself too: `event_id` hyphenated in lower case (it is
+    /// also a header) and `created_at` as [`micros`] writes it (RFC 3339, UTC, microseconds).
+    pub fn encode<K: AsRef<str>>(
+        &self,
+        v: u64,
+        event_id: &str,
+        op: Op,
+        keys: &[K],
+        created_at: &str,
+    ) -> Vec<u8> {
         // Sized up front: growing from empty reallocated several times per record, and
         // realloc was 6.5% of a draining relay's CPU (perf, BENCHMARKS.md). The fixed part
-        // (field names, v, uuid, op, created_at) is at most 124 bytes; each key adds its quotes and
-        // comma, and escapes may still grow it.
-        let keys: usize = self.keys.iter().map(|k| k.as_ref().len() + 3).sum();
-        let source = self.source.map_or(0, |s| s.len() + 12);
-        let mut out = Vec::with_capacity(128 + keys + source);
+        // (field names, v, op) is at most 80 bytes; each key adds its quotes and comma, and
+        // escapes may still grow it.
+        let keys_len: usize = keys.iter().map(|k| k.as_ref().len() + 3).sum();
+        let mut out = Vec::with_capacity(
+            80 + event_id.len() + keys_len + created_at.len() + self.source.len(),
+        );
         out.extend_from_slice(b"{\"v\":");
         // Formatted straight into the buffer: no `to_string` allocation.
-        write!(out, "{}", self.v).expect("writing to a Vec never fails");
+        write!(out, "{v}").expect("writing to a Vec never fails");
         out.extend_from_slice(b",\"event_id\":\"");
-        let mut uuid = Uuid::encode_buffer();
-        out.extend_from_slice(
-            self.event_id
-                .hyphenated()
-                .encode_lower(&mut uuid)
-                .as_bytes(),
-        );
+        out.extend_from_slice(event_id.as_bytes());
         out.extend_from_slice(b"\",\"op\":\"");
-        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.extend_from_slice(op.as_str().as_bytes());
         out.extend_from_slice(b"\",\"keys\":[");
-        for (i, key) in self.keys.iter().enumerate() {
+        for (i, key) in keys.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             json_string(&mut out, key.as_ref());
         }
         out.extend_from_slice(b"],\"created_at\":\"");
-        let mut time = [0u8; 32];
-        out.extend_from_slice(micros::rfc3339_micros(&self.created_at, &mut time).as_bytes());
+        out.extend_from_slice(created_at.as_bytes());
         out.push(b'"');
-        if let Some(source) = self.source {
-            out.extend_from_slice(b",\"source\":");
-            json_string(&mut out, source);
-        }
+        out.extend_from_slice(&self.source);
         out.push(b'}');
         out
     }
@@ -145,13 +151,38 @@ impl<K: AsRef<str>> EventRef<'_, K> {
 /// control characters): those are copied as they are, the rest go through serde_json, so
 /// escapes stay exactly serde_json's.
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if needs_escape(s.as_bytes()) {
+        serde_json::to_writer(&mut *out, s).expect("a str always serializes");
+    } else {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
-    } else {
-        serde_json::to_writer(&mut *out, s).expect("a str always serializes");
     }
+}
+
+/// Whether `s` holds a byte JSON escapes: below 0x20, `"` or `\`. Eight bytes at a time (a
+/// byte at a time was 190 instructions per one-key event, callgrind, BENCHMARKS.md item 18).
+/// Bytes of multi-byte UTF-8 characters are all 0x80 or above, so they never match.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Some byte of `x` is zero / below `n` (n <= 128): exact for "some byte", see
+    // "Determine if a word has a byte less than n" in Bit Twiddling Hacks.
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGHS != 0;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
+        if below(x, 0x20)
+            || below(x ^ (ONES * u64::from(b'"')), 1)
+            || below(x ^ (ONES * u64::from(b'\\')), 1)
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// Why a record value is not an event this build can apply.
@@ -267,28 +298,99 @@ pub(crate) mod micros {
             buf[..n].copy_from_slice(&text.as_bytes()[..n]);
             return std::str::from_utf8(&buf[..n]).unwrap_or("");
         }
-        fn put(buf: &mut [u8], at: usize, width: usize, mut v: u32) {
-            for i in (0..width).rev() {
-                buf[at + i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        }
         // Nanoseconds above 999,999,999 encode a leap second; chrono prints them as 60.
         let leap = t.nanosecond() >= 1_000_000_000;
         let micros = (t.nanosecond() % 1_000_000_000) / 1000;
-        put(buf, 0, 4, year as u32);
+        write(
+            buf,
+            [
+                year as u32,
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second() + u32::from(leap),
+            ],
+            micros,
+        )
+    }
+
+    /// [`rfc3339_micros`] of a time given as microseconds since the Unix epoch, in integer
+    /// arithmetic alone: through chrono (decoding PostgreSQL's timestamp, then its calendar)
+    /// it cost the relay 580 instructions per row (callgrind, BENCHMARKS.md item 18). None
+    /// for a year outside 0000–9999, which RFC 3339 cannot write.
+    pub fn rfc3339_unix_micros(us: i64, buf: &mut [u8; 32]) -> Option<&str> {
+        /// 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z, in microseconds since 1970.
+        const FIRST: i64 = -62_167_219_200_000_000;
+        const END: i64 = 253_402_300_800_000_000;
+        if !(FIRST..END).contains(&us) {
+            return None;
+        }
+        // Unsigned from here on, which makes every division a multiplication.
+        let t = (us - FIRST) as u64;
+        let secs = t / 1_000_000;
+        let micros = (t % 1_000_000) as u32;
+        let of_day = (secs % 86_400) as u32;
+        let (year, month, day) = civil_from_days((secs / 86_400) as u32);
+        Some(write(
+            buf,
+            [
+                year,
+                month,
+                day,
+                of_day / 3600,
+                of_day / 60 % 60,
+                of_day % 60,
+            ],
+            micros,
+        ))
+    }
+
+    /// The proleptic Gregorian date `days` after 0000-01-01 (up to 9999-12-31): Howard
+    /// Hinnant's `civil_from_days`, counted from -0400-03-01 so that it stays unsigned.
+    fn civil_from_days(days: u32) -> (u32, u32, u32) {
+        // 0000-03-01 is day 60 of year 0 (a leap year); one 400-year era earlier is
+        // 146,097 days before it.
+        let z = days + 146_097 - 60;
+        let era = z / 146_097;
+        let doe = z % 146_097; // [0, 146096]
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+        let mp = (5 * doy + 2) / 153; // [0, 11], from March
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        (yoe + era * 400 + u32::from(month <= 2) - 400, month, day)
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` from year, month, day, hour, minute, second; two digits
+    /// at a time from a table.
+    fn write(buf: &mut [u8; 32], fields: [u32; 6], micros: u32) -> &str {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        fn put2(buf: &mut [u8], at: usize, v: u32) {
+            let i = 2 * (v % 100) as usize;
+            buf[at..at + 2].copy_from_slice(&PAIRS[i..i + 2]);
+        }
+        let [year, month, day, hour, minute, second] = fields;
+        put2(buf, 0, year / 100);
+        put2(buf, 2, year);
         buf[4] = b'-';
-        put(buf, 5, 2, t.month());
+        put2(buf, 5, month);
         buf[7] = b'-';
-        put(buf, 8, 2, t.day());
+        put2(buf, 8, day);
         buf[10] = b'T';
-        put(buf, 11, 2, t.hour());
+        put2(buf, 11, hour);
         buf[13] = b':';
-        put(buf, 14, 2, t.minute());
+        put2(buf, 14, minute);
         buf[16] = b':';
-        put(buf, 17, 2, t.second() + u32::from(leap));
+        put2(buf, 17, second);
         buf[19] = b'.';
-        put(buf, 20, 6, micros);
+        put2(buf, 20, micros / 10_000);
+        put2(buf, 22, micros / 100);
+        put2(buf, 24, micros);
         buf[26] = b'Z';
         std::str::from_utf8(&buf[..27]).expect("ASCII digits")
     }
@@ -318,25 +420,30 @@ mod tests {
             (Op::Bump, &keys[..], Some("shop-db")),
             (Op::Delete, &keys[..3], Some("")),
         ] {
-            let e = EventRef {
-                v: SCHEMA_VERSION,
-                event_id: Uuid::new_v4(),
-                op,
-                keys,
-                created_at: Utc::now(),
-                source,
-            };
-            let out = e.encode();
+            let mut id = Uuid::encode_buffer();
+            let id = Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut id)
+                .to_string();
+            let mut time = [0u8; 32];
+            let created_at = micros::rfc3339_micros(&Utc::now(), &mut time);
+            let out = Encoder::new(source).encode(u64::MAX, &id, op, keys, created_at);
             assert!(out.len() <= out.capacity());
             let keys_len: usize = keys.iter().map(|k| k.len() + 3).sum();
             let source_len = source.map_or(0, |s| s.len() + 12);
+            // The longest fixed part: `v` of 20 digits, op "delete".
             assert_eq!(
                 out.capacity(),
-                128 + keys_len + source_len,
+                80 + 36 + keys_len + 27 + source_len,
                 "not reallocated: {}",
                 String::from_utf8_lossy(&out)
             );
-            assert_eq!(decode(&out).unwrap().keys, keys);
+            if op == Op::Delete {
+                // Exactly full, but for the comma the last key does not have.
+                assert_eq!(out.len() + 1, out.capacity(), "the fixed part is 80 bytes");
+            }
+            let decoded: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(decoded["keys"], serde_json::json!(keys));
         }
     }
 
@@ -381,20 +488,96 @@ mod tests {
                             String::from_utf8(ours.clone()).unwrap(),
                             serde_json::to_string(&e).unwrap()
                         );
-                        // And with keys borrowed as &str, as the relay encodes them.
+                        // And with keys borrowed as &str and one encoder for many events,
+                        // as the relay encodes them.
                         let borrowed: Vec<&str> = e.keys.iter().map(String::as_str).collect();
-                        let by_ref = EventRef {
+                        let encoder = Encoder::new(e.source.as_deref());
+                        let mut time = [0u8; 32];
+                        let by_ref = encoder.encode(
                             v,
-                            event_id: e.event_id,
-                            op: e.op,
-                            keys: &borrowed[..],
-                            created_at,
-                            source: e.source.as_deref(),
-                        };
-                        assert_eq!(by_ref.encode(), ours);
+                            &e.event_id.to_string(),
+                            e.op,
+                            &borrowed[..],
+                            micros::rfc3339_micros(&created_at, &mut time),
+                        );
+                        assert_eq!(by_ref, ours);
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    /// The eight-bytes-at-a-time check finds exactly the bytes JSON escapes, at every
+    /// position of strings of every length up to 40, next to multi-byte characters.
+    fn needs_escape_is_the_bytewise_check() {
+        let slow = |s: &[u8]| s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        let fillers: [&[u8]; 3] = [b"a", "é".as_bytes(), b"\x7f"];
+        for filler in fillers {
+            for len in 0..40 {
+                let base: Vec<u8> = filler.iter().copied().cycle().take(len).collect();
+                assert_eq!(needs_escape(&base), slow(&base));
+                for at in 0..len {
+                    for b in 0u8..=255 {
+                        let mut s = base.clone();
+                        s[at] = b;
+                        assert_eq!(needs_escape(&s), slow(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    /// The integer calendar writes what chrono writes, over the years RFC 3339 can hold and
+    /// their edges (leap days, centuries, the epoch, negative times), and refuses the rest.
+    fn rfc3339_unix_micros_is_chronos() {
+        use chrono::TimeZone;
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let first = Utc
+            .with_ymd_and_hms(0, 1, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
+        let end = Utc
+            .with_ymd_and_hms(10000, 1, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
+        let mut samples = vec![
+            first,
+            first - 1,
+            end - 1,
+            end,
+            0,
+            -1,
+            1,
+            951_782_400_000_000,
+        ];
+        for year in [1600, 1900, 1970, 2000, 2024, 2100] {
+            for (m, d) in [(1, 1), (2, 28), (2, 29), (3, 1), (12, 31)] {
+                if let chrono::LocalResult::Single(t) = Utc.with_ymd_and_hms(year, m, d, 23, 59, 59)
+                {
+                    samples.extend([t.timestamp_micros(), t.timestamp_micros() + 999_999]);
+                }
+            }
+        }
+        samples.extend((0..20_000).map(|_| (next() % (end - first + 2) as u64) as i64 + first - 1));
+        // Far outside RFC 3339 both ways, still inside chrono.
+        samples.extend([i64::MIN / 2, i64::MAX / 2]);
+        for us in samples {
+            let mut buf = [0u8; 32];
+            let ours = micros::rfc3339_unix_micros(us, &mut buf).map(str::to_string);
+            let chrono = DateTime::from_timestamp_micros(us).expect("in chrono's range");
+            let mut cbuf = [0u8; 32];
+            let expected = (first..end)
+                .contains(&us)
+                .then(|| micros::rfc3339_micros(&chrono, &mut cbuf).to_string());
+            assert_eq!(ours, expected, "{us}");
         }
     }
 

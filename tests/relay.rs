@@ -655,6 +655,88 @@ async fn unreadable_row_is_buried_and_others_flow() {
 }
 
 #[tokio::test]
+/// A created_at the event's RFC 3339 timestamp cannot carry (`infinity`, `-infinity`, a year
+/// past 9999) made the relay panic decoding the claim, at the same row on every restart. Now
+/// such a row goes to outbox_dead with its created_at as it was and an error saying what to
+/// do; the rows around it, and a created_at at the last microsecond of 9999, are published.
+async fn unwritable_created_at_is_buried_and_others_flow() {
+    let (db, c, topic) = setup("relay_time", 1).await;
+    let before = insert(&c, "before", 5).await;
+    let odd: Vec<(Uuid, String)> = c
+        .query(
+            "INSERT INTO invalidator.outbox (created_at, partition_key, keys)
+             SELECT t::timestamptz, 'p', ARRAY['time:' || n]
+             FROM unnest(ARRAY['infinity', '-infinity', '20000-01-01 00:00:00+00',
+                               '9999-12-31 23:59:59.999999+00']) WITH ORDINALITY AS a(t, n)
+             RETURNING event_id, created_at::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let after = insert(&c, "after", 5).await;
+
+    let relay = start(settings(&db, &k::brokers(), &topic));
+    let cc = &c;
+    eventually(WAIT, "the outbox empties", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    let dead_metric = relay.health.stats.dead.get();
+    relay.stop().await;
+
+    let dead: Vec<(Uuid, String, String)> = c
+        .query(
+            "SELECT event_id, created_at::text, error FROM invalidator.outbox_dead ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        dead.iter()
+            .map(|(id, t, _)| (*id, t.clone()))
+            .collect::<Vec<_>>(),
+        odd[..3].to_vec(),
+        "buried with created_at as it was"
+    );
+    for (_, _, error) in &dead {
+        assert!(
+            error.contains("RFC 3339") && error.contains("invalidator.invalidate()"),
+            "{error}"
+        );
+    }
+    assert!(
+        dead[0].2.starts_with("created_at is infinity,"),
+        "{}",
+        dead[0].2
+    );
+    assert_eq!(dead_metric, 3);
+    let records = k::read(&k::brokers(), &topic, 11, WAIT).await;
+    let ids = event_ids(&records);
+    assert_eq!(
+        account(&before, &ids).0 + account(&after, &ids).0,
+        0,
+        "none missing"
+    );
+    let event = records
+        .iter()
+        .map(|r| wire::decode(&r.value).expect("a valid event"))
+        .find(|e| e.event_id == odd[3].0)
+        .expect("the row of 9999-12-31 is published");
+    assert_eq!(
+        event
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "9999-12-31T23:59:59.999999Z"
+    );
+}
+
+#[tokio::test]
 /// SIGTERM while rows are flowing: the relay exits 0 by itself within its grace period, and
 /// a later relay publishes whatever was left: no row lost.
 async fn sigterm_under_load_exits_zero_without_loss() {

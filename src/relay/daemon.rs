@@ -61,8 +61,9 @@ struct Batch {
     claimed: usize,
     buried: usize,
     max_id: i64,
-    /// `created_at` of the rows published, for the latency histogram.
-    created: Vec<chrono::DateTime<chrono::Utc>>,
+    /// `created_at` of the rows published (microseconds since the Unix epoch), for the
+    /// latency histogram.
+    created: Vec<i64>,
 }
 
 /// Runs the relay until `shutdown` is cancelled. Start-up checks (schema, topic) fail fast
@@ -111,7 +112,7 @@ pub async fn run(
         kafka_down: std::sync::atomic::AtomicBool::new(false),
         settings,
         pool,
-        source,
+        encoder: crate::wire::Encoder::new(Some(&source)),
         health,
         wake,
         shutdown,
@@ -149,7 +150,8 @@ pub async fn run(
 struct Shared {
     settings: RelaySettings,
     pool: Pool,
-    source: String,
+    /// Writes the record values, with the relay's `--source`.
+    encoder: crate::wire::Encoder,
     health: Health,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -305,11 +307,11 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
                         .batch_duration
                         .observe(started.elapsed().as_secs_f64());
                     // The whole batch was committed at once: one clock reading for all of it.
-                    let now = chrono::Utc::now();
+                    let now = chrono::Utc::now().timestamp_micros();
                     for created_at in &batch.created {
                         stats
                             .latency
-                            .observe(metrics::seconds_between(*created_at, now));
+                            .observe(metrics::seconds_between_micros(*created_at, now));
                     }
                     lock(&s.cursor).claimed(Instant::now(), batch.max_id);
                     trace.emit(&batch);
@@ -523,7 +525,7 @@ async fn relay_batch(
     // waited for all of that, and the claims, which take turns, with it (BENCHMARKS.md).
     tokio::task::yield_now().await;
     let rows = raw.rows();
-    let enqueued = publish::enqueue_batch(producer, &rows, &settings.topic, &s.source).await;
+    let enqueued = publish::enqueue_batch(producer, &rows, &settings.topic, &s.encoder).await;
     trace.sent = trace.stamp();
     let outcomes = enqueued
         .outcomes()
@@ -537,7 +539,7 @@ async fn relay_batch(
                 id = row.id,
                 event_id = %row.event_id,
                 error = reason,
-                "the broker can never accept this row; moved to invalidator.outbox_dead"
+                "this row can never be published (the broker refuses it, or no record can carry it); moved to invalidator.outbox_dead"
             );
             outbox::bury(&tx, row, reason)
                 .await
@@ -562,7 +564,7 @@ async fn relay_batch(
             .iter()
             .zip(&outcomes)
             .filter(|(_, o)| !matches!(o, RecordOutcome::Rejected(_)))
-            .map(|(r, _)| r.created_at)
+            .filter_map(|(r, _)| r.created_at.unix_micros())
             .collect(),
     })
 }

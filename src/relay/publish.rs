@@ -23,7 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::lock;
 use crate::kafka::KafkaSettings;
 use crate::outbox::OutboxRow;
-use crate::wire::{self, EventRef, Op};
+use crate::wire::{self, Op};
 
 /// The relay's producer: librdkafka's, polled by its own thread, reporting deliveries to
 /// [`BatchDeliveries`].
@@ -141,30 +141,39 @@ pub struct Prepared<'a> {
     pub headers: OwnedHeaders,
 }
 
-/// Builds the record of DESIGN §4 for a row. The row's headers are carried over (string
-/// values as they are, other JSON values as JSON text); ours win over theirs on collision.
+/// Builds the record of DESIGN §4 for a row, with the relay's [`wire::Encoder`] (which
+/// carries its `--source`). The row's headers are carried over (string values as they are,
+/// other JSON values as JSON text); ours win over theirs on collision. An error (the row is
+/// buried with it) for what no record can carry.
 pub fn prepare<'a>(
     row: &'a OutboxRow<'a>,
     default_topic: &'a str,
-    source: &str,
+    encoder: &wire::Encoder,
 ) -> Result<Prepared<'a>, String> {
     let op = Op::parse(row.op).ok_or_else(|| format!("unknown op {:?}", row.op))?;
     let theirs = row
         .headers
         .object()
         .map_err(|e| format!("the row's headers are not a JSON object: {e}"))?;
-    // Borrowed: the relay encodes every row once, and copying its keys only to serialize
-    // them showed in the profile (allocation was the largest share of the relay's CPU).
-    let event = EventRef {
-        v: wire::SCHEMA_VERSION,
-        event_id: row.event_id,
-        op,
-        keys: &row.keys[..],
-        created_at: row.created_at,
-        source: Some(source),
-    };
+    let mut time = [0u8; 32];
+    let created_at = row
+        .created_at
+        .unix_micros()
+        .and_then(|us| wire::micros::rfc3339_unix_micros(us, &mut time))
+        .ok_or_else(|| {
+            format!(
+                "created_at is {}, which the event's RFC 3339 timestamp cannot carry (years \
+                 0000-9999 only): invalidate its keys again with invalidator.invalidate(), \
+                 which stamps the current time, then delete this row",
+                row.created_at
+            )
+        })?;
+    // Encoded once, for the header and the event.
     let mut event_id_buf = uuid::Uuid::encode_buffer();
     let event_id: &str = row.event_id.hyphenated().encode_lower(&mut event_id_buf);
+    // Keys borrowed from the row: the relay encodes every row once, and copying its keys only
+    // to serialize them showed in the profile (allocation was the largest share of its CPU).
+    let payload = encoder.encode(wire::SCHEMA_VERSION, event_id, op, &row.keys, created_at);
     let mut headers = OwnedHeaders::new_with_capacity(2 + theirs.len())
         .insert(Header {
             key: wire::headers::CONTENT_TYPE,
@@ -190,7 +199,7 @@ pub fn prepare<'a>(
     Ok(Prepared {
         topic: row.topic.unwrap_or(default_topic),
         key: row.partition_key,
-        payload: event.encode(),
+        payload,
         headers,
     })
 }
@@ -253,7 +262,7 @@ pub async fn enqueue_batch(
     producer: &RelayProducer,
     rows: &[OutboxRow<'_>],
     default_topic: &str,
-    source: &str,
+    encoder: &wire::Encoder,
 ) -> Enqueued {
     let (batch, reports) = producer.context().open();
     let registration = Registration {
@@ -265,7 +274,7 @@ pub async fn enqueue_batch(
     let mut to_default = Vec::with_capacity(rows.len());
     let mut transient: Option<KafkaError> = None;
     for (index, row) in rows.iter().enumerate() {
-        let prepared = match prepare(row, default_topic, source) {
+        let prepared = match prepare(row, default_topic, encoder) {
             Ok(p) => p,
             Err(reason) => {
                 refused.push(Some(reason));
@@ -375,7 +384,7 @@ mod tests {
         OutboxRow {
             id: 7,
             event_id: uuid::Uuid::new_v4(),
-            created_at: Utc::now(),
+            created_at: crate::outbox::PgTimestamp::from_datetime(Utc::now()),
             topic: None,
             partition_key: "product:42",
             op: "bump",
@@ -388,7 +397,7 @@ mod tests {
     /// The record carries the event JSON, key = partition_key, our headers and the row's.
     fn record_has_value_key_and_headers() {
         let r = row();
-        let p = prepare(&r, "cache-invalidations", "shop").unwrap();
+        let p = prepare(&r, "cache-invalidations", &wire::Encoder::new(Some("shop"))).unwrap();
         assert_eq!(p.topic, "cache-invalidations");
         assert_eq!(p.key, "product:42");
         let e = wire::decode(&p.payload).unwrap();
@@ -400,6 +409,10 @@ mod tests {
                 vec!["product:42".to_string(), "catalog".to_string()],
                 Some("shop")
             )
+        );
+        assert_eq!(
+            Some(e.created_at.timestamp_micros()),
+            r.created_at.unix_micros()
         );
         let hs: Vec<(String, String)> = p
             .headers
@@ -419,6 +432,43 @@ mod tests {
         assert!(hs.contains(&("invalidator-event-id".into(), r.event_id.to_string())));
         assert!(hs.contains(&("traceparent".into(), "00-abc-def-01".into())));
         assert!(hs.contains(&("n".into(), "3".into())));
+    }
+
+    #[test]
+    /// A created_at that RFC 3339 cannot write (PostgreSQL's ±infinity, years past 9999 or
+    /// before year 0) is the row's error, to bury it, saying what to do; the edges of the
+    /// range are written.
+    fn created_at_outside_rfc3339_is_the_rows_error() {
+        use crate::outbox::PgTimestamp;
+        use chrono::TimeZone;
+        let encoder = wire::Encoder::new(None);
+        let at = |t: PgTimestamp| {
+            let r = OutboxRow {
+                created_at: t,
+                ..row()
+            };
+            prepare(&r, "t", &encoder).map(|p| wire::decode(&p.payload).unwrap().created_at)
+        };
+        let ymd = |y, m, d, h, mi, sec| Utc.with_ymd_and_hms(y, m, d, h, mi, sec).unwrap();
+        for t in [ymd(0, 1, 1, 0, 0, 0), ymd(9999, 12, 31, 23, 59, 59)] {
+            assert_eq!(at(PgTimestamp::from_datetime(t)), Ok(t));
+        }
+        for (t, shown) in [
+            (PgTimestamp(i64::MAX), "created_at is infinity,"),
+            (PgTimestamp(i64::MIN), "created_at is -infinity,"),
+            (
+                PgTimestamp::from_datetime(ymd(10000, 1, 1, 0, 0, 0)),
+                "created_at is +10000-01-01 00:00:00.000000+00,",
+            ),
+            (
+                PgTimestamp::from_datetime(ymd(-1, 12, 31, 23, 59, 59)),
+                "created_at is -0001-12-31 23:59:59.000000+00,",
+            ),
+        ] {
+            let error = at(t).unwrap_err();
+            assert!(error.starts_with(shown), "{error}");
+            assert!(error.contains("invalidator.invalidate()"), "{error}");
+        }
     }
 
     #[test]
@@ -482,7 +532,7 @@ mod tests {
             bad_op,
             plain(5, None),
         ];
-        let outcomes = enqueue_batch(&producer, &rows, "t", "src")
+        let outcomes = enqueue_batch(&producer, &rows, "t", &wire::Encoder::new(Some("src")))
             .await
             .outcomes()
             .await
@@ -506,13 +556,13 @@ mod tests {
 
         let short = create_producer(&kafka, Duration::from_secs(2)).unwrap();
         // A first record while the broker is up, so the batch below fails by timing out.
-        enqueue_batch(&short, &rows[..1], "t", "src")
+        enqueue_batch(&short, &rows[..1], "t", &wire::Encoder::new(Some("src")))
             .await
             .outcomes()
             .await
             .unwrap();
         cluster.broker_down(1).unwrap();
-        let failed = enqueue_batch(&short, &rows[..3], "t", "src")
+        let failed = enqueue_batch(&short, &rows[..3], "t", &wire::Encoder::new(Some("src")))
             .await
             .outcomes()
             .await;
