@@ -54,6 +54,13 @@ async fn bench_smoke_runs_every_scenario() {
             assert!(row.contains(every), "{title}: {every:?} missing in {row}");
         }
     };
+    // The relay against the SQL alone, the fastest of each and at every batch size run.
+    assert!(stdout.contains("best relay "), "{stdout}");
+    let same_batch = stdout
+        .lines()
+        .find(|l| l.starts_with("at each batch size, best relay / min(SQL alone at that batch size, broker): batch "))
+        .unwrap_or_else(|| panic!("no per-batch-size ratio:\n{stdout}"));
+    assert!(same_batch.ends_with("(target >= 0.8)"), "{same_batch}");
     // Every event observed: the pipeline lost none (two floors, two paths).
     check("(b) end-to-end latency", "| 100 | ", 4, "| 100/100 |");
     // Each path's p99 next to the floors of its round.
