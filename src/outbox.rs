@@ -380,12 +380,16 @@ pub struct Backlog {
     pub oldest_age_seconds: f64,
 }
 
-/// Counts the outbox (rows a relay has claimed but not yet committed still count).
+/// Counts the outbox (rows a relay has claimed but not yet committed still count). The age
+/// is the oldest finite `created_at`'s: PostgreSQL cannot subtract `'-infinity'` or
+/// `'infinity'` ("cannot subtract infinite timestamps"), and one such row made `status` and
+/// the relay's backlog gauge fail until the relay buried it.
 pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT count(*),
-                    COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8
+                    COALESCE(EXTRACT(EPOCH FROM clock_timestamp()
+                        - min(created_at) FILTER (WHERE isfinite(created_at))), 0)::float8
              FROM invalidator.outbox",
             &[],
         )

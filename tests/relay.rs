@@ -737,6 +737,30 @@ async fn unwritable_created_at_is_buried_and_others_flow() {
 }
 
 #[tokio::test]
+/// The backlog (`status`, the relay's gauge) counts rows of any created_at and ages the
+/// oldest finite one: PostgreSQL cannot subtract an infinite timestamp, and the query
+/// failed while such a row waited in the outbox.
+async fn backlog_counts_infinite_created_at_and_ages_the_finite() {
+    let (_db, c, _topic) = setup("relay_age", 1).await;
+    c.batch_execute(
+        "INSERT INTO invalidator.outbox (created_at, partition_key, keys) VALUES
+             ('-infinity', 'p', ARRAY['age:1']),
+             ('infinity', 'p', ARRAY['age:2']),
+             (clock_timestamp() - interval '90 seconds', 'p', ARRAY['age:3'])",
+    )
+    .await
+    .unwrap();
+    let backlog = invalidator::outbox::backlog(&c)
+        .await
+        .expect("the backlog query");
+    assert_eq!(backlog.rows, 3);
+    assert!(
+        (90.0..120.0).contains(&backlog.oldest_age_seconds),
+        "{backlog:?}"
+    );
+}
+
+#[tokio::test]
 /// SIGTERM while rows are flowing: the relay exits 0 by itself within its grace period, and
 /// a later relay publishes whatever was left: no row lost.
 async fn sigterm_under_load_exits_zero_without_loss() {
