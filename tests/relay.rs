@@ -107,6 +107,19 @@ async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// Runs a relay on `topic` until the outbox is empty; returns its count of rows moved to
+/// outbox_dead.
+async fn drain(db: &TestDb, c: &tokio_postgres::Client, topic: &str) -> u64 {
+    let relay = start(settings(db, &k::brokers(), topic));
+    eventually(WAIT, "the outbox empties", || async move {
+        outbox_len(c).await == 0
+    })
+    .await;
+    let dead = relay.health.stats.dead.get();
+    relay.stop().await;
+    dead
+}
+
 fn event_ids(records: &[Record]) -> Vec<Uuid> {
     records
         .iter()
@@ -619,14 +632,7 @@ async fn unreadable_row_is_buried_and_others_flow() {
         .collect();
     let after = insert(&c, "after", 5).await;
 
-    let relay = start(settings(&db, &k::brokers(), &topic));
-    let cc = &c;
-    eventually(WAIT, "the outbox empties", || async move {
-        outbox_len(cc).await == 0
-    })
-    .await;
-    let dead_metric = relay.health.stats.dead.get();
-    relay.stop().await;
+    let dead_metric = drain(&db, &c, &topic).await;
 
     let dead = c
         .query(
@@ -678,14 +684,7 @@ async fn unwritable_created_at_is_buried_and_others_flow() {
         .collect();
     let after = insert(&c, "after", 5).await;
 
-    let relay = start(settings(&db, &k::brokers(), &topic));
-    let cc = &c;
-    eventually(WAIT, "the outbox empties", || async move {
-        outbox_len(cc).await == 0
-    })
-    .await;
-    let dead_metric = relay.health.stats.dead.get();
-    relay.stop().await;
+    let dead_metric = drain(&db, &c, &topic).await;
 
     let dead: Vec<(Uuid, String, String)> = c
         .query(
