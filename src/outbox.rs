@@ -184,26 +184,47 @@ impl RawClaim {
         self.0.iter().map(|r| r.get::<_, i64>(0)).max()
     }
 
-    /// The claimed rows, decoded in place (borrowing their text), in id order.
-    pub fn rows(&self) -> Vec<OutboxRow<'_>> {
-        let mut out: Vec<OutboxRow<'_>> = self
-            .0
-            .iter()
-            .map(|r| OutboxRow {
-                id: r.get(0),
-                event_id: r.get(1),
-                created_at: r.get(2),
-                topic: r.get(3),
-                partition_key: r.get(4),
-                op: r.get(5),
-                keys: r.get(6),
-                headers: r.get(7),
-            })
-            .collect();
+    /// The claimed rows, decoded in place (borrowing their text), in id order; or the first
+    /// row this client cannot decode. `Row::get` would panic there, and a panic at a row
+    /// the next claim takes again stopped the relay for good (a `created_at` of
+    /// `'infinity'` did, BENCHMARKS.md item 18); the CHECK constraints keep every column
+    /// decodable, unless someone drops them.
+    pub fn rows(&self) -> Result<Vec<OutboxRow<'_>>, Undecodable> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for r in &self.0 {
+            // The primary key (bigint, NOT NULL) always decodes.
+            let id: i64 = r.get(0);
+            let column = |index: usize, e: tokio_postgres::Error| Undecodable {
+                id,
+                error: format!(
+                    "column {} of the row cannot be read ({}): invalidate its keys again with \
+                     invalidator.invalidate(), then delete this row",
+                    r.columns()[index].name(),
+                    crate::db::chain(&e)
+                ),
+            };
+            out.push(OutboxRow {
+                id,
+                event_id: r.try_get(1).map_err(|e| column(1, e))?,
+                created_at: r.try_get(2).map_err(|e| column(2, e))?,
+                topic: r.try_get(3).map_err(|e| column(3, e))?,
+                partition_key: r.try_get(4).map_err(|e| column(4, e))?,
+                op: r.try_get(5).map_err(|e| column(5, e))?,
+                keys: r.try_get(6).map_err(|e| column(6, e))?,
+                headers: r.try_get(7).map_err(|e| column(7, e))?,
+            });
+        }
         // RETURNING has no defined order.
         out.sort_unstable_by_key(|r| r.id);
-        out
+        Ok(out)
     }
+}
+
+/// A claimed row this client cannot decode ([`RawClaim::rows`]), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    pub id: i64,
+    pub error: String,
 }
 
 /// Runs the claim statement only. The relay holds its claim turn for this part and decodes
@@ -306,22 +327,35 @@ pub async fn bury_unreadable(
             Ok(_) => savepoint.commit().await?,
             Err(e) if is_unreadable_text(&e) => {
                 savepoint.rollback().await?;
-                tx.execute(
-                    "WITH gone AS (DELETE FROM invalidator.outbox WHERE id = $1 RETURNING *)
-                     INSERT INTO invalidator.outbox_dead
-                         (id, event_id, created_at, topic, partition_key, op, keys, headers, error)
-                     SELECT id, event_id, created_at, topic, partition_key, op, keys, headers, $2
-                     FROM gone
-                     ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()",
-                    &[&id, &UNREADABLE_ERROR],
-                )
-                .await?;
+                move_to_dead(tx, id, UNREADABLE_ERROR).await?;
                 buried.push(id);
             }
             Err(e) => return Err(e),
         }
     }
     Ok(buried)
+}
+
+/// Moves one outbox row to `outbox_dead` with `error`, inside the database: its values are
+/// copied as they are, never through this client (which may be unable to read them). True
+/// if the row was there to move.
+pub async fn move_to_dead(
+    tx: &Transaction<'_>,
+    id: i64,
+    error: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let moved = tx
+        .execute(
+            "WITH gone AS (DELETE FROM invalidator.outbox WHERE id = $1 RETURNING *)
+             INSERT INTO invalidator.outbox_dead
+                 (id, event_id, created_at, topic, partition_key, op, keys, headers, error)
+             SELECT id, event_id, created_at, topic, partition_key, op, keys, headers, $2
+             FROM gone
+             ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()",
+            &[&id, &error],
+        )
+        .await?;
+    Ok(moved > 0)
 }
 
 /// Why the database is not ready for the relay.

@@ -736,6 +736,72 @@ async fn unwritable_created_at_is_buried_and_others_flow() {
 }
 
 #[tokio::test]
+/// A claimed row this client cannot decode goes to outbox_dead, its values copied inside
+/// the database, instead of panicking the relay at that row on every claim. The outbox's
+/// CHECK constraints keep every column decodable, so this test drops three of them, as
+/// someone might, and writes a NULL key and a two-dimensional key array.
+async fn undecodable_row_is_buried_and_others_flow() {
+    let (db, c, topic) = setup("relay_undecodable", 1).await;
+    let before = insert(&c, "before", 5).await;
+    c.batch_execute(
+        "ALTER TABLE invalidator.outbox DROP CONSTRAINT outbox_key_must_not_be_null,
+             DROP CONSTRAINT outbox_keys_one_dimensional,
+             DROP CONSTRAINT outbox_key_must_not_be_empty_string",
+    )
+    .await
+    .unwrap();
+    let bad: Vec<Uuid> = c
+        .query(
+            "INSERT INTO invalidator.outbox (partition_key, keys)
+             VALUES ('p', ARRAY['k:1', NULL]), ('p', ARRAY[['k:2', 'k:3'], ['k:4', 'k:5']])
+             RETURNING event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let after = insert(&c, "after", 5).await;
+
+    let dead_metric = drain(&db, &c, &topic).await;
+
+    let dead: Vec<(Uuid, String, String)> = c
+        .query(
+            "SELECT event_id, keys::text, error FROM invalidator.outbox_dead ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        dead.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(),
+        bad,
+        "both buried"
+    );
+    assert_eq!(dead[0].1, "{k:1,NULL}", "the values are kept as they were");
+    assert_eq!(dead[1].1, "{{k:2,k:3},{k:4,k:5}}");
+    for (_, _, error) in &dead {
+        assert!(
+            error.starts_with("column keys of the row cannot be read")
+                && error.contains("invalidator.invalidate()"),
+            "{error}"
+        );
+    }
+    assert_eq!(dead_metric, 2);
+    let records = k::read(&k::brokers(), &topic, 10, WAIT).await;
+    let ids = event_ids(&records);
+    assert_eq!(
+        account(&before, &ids).0 + account(&after, &ids).0,
+        0,
+        "none missing"
+    );
+    assert!(!ids.iter().any(|id| bad.contains(id)));
+}
+
+#[tokio::test]
 /// The backlog (`status`, the relay's gauge) counts rows of any created_at and ages the
 /// oldest finite one: PostgreSQL cannot subtract an infinite timestamp, and the query
 /// failed while such a row waited in the outbox.

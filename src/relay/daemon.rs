@@ -524,7 +524,19 @@ async fn relay_batch(
     // in this thread's LIFO slot, which other threads cannot steal: without this yield it
     // waited for all of that, and the claims, which take turns, with it (BENCHMARKS.md).
     tokio::task::yield_now().await;
-    let rows = raw.rows();
+    let rows = match raw.rows() {
+        Ok(rows) => rows,
+        Err(undecodable) => {
+            // The claim rolls back (its rows are released below any continuation point, so
+            // the next claims start at the hint again) and the row is moved on its own.
+            drop(tx);
+            lock(&s.cursor).continue_after(None);
+            bury_undecodable(s, &mut client, &undecodable)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            return Ok(Batch::default());
+        }
+    };
     let enqueued = publish::enqueue_batch(producer, &rows, &settings.topic, &s.encoder).await;
     trace.sent = trace.stamp();
     let outcomes = enqueued
@@ -590,6 +602,28 @@ async fn bury_unreadable(
     }
     s.health.stats.dead.inc_by(ids.len() as u64);
     Ok(ids.len())
+}
+
+/// Moves a claimed row this client cannot decode ([`outbox::RawClaim::rows`]) to
+/// `outbox_dead` inside the database, after its claim rolled back, so the relay goes on past
+/// it instead of stopping at it.
+async fn bury_undecodable(
+    s: &Shared,
+    client: &mut deadpool_postgres::Object,
+    row: &outbox::Undecodable,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let moved = outbox::move_to_dead(&tx, row.id, &row.error).await?;
+    tx.commit().await?;
+    if moved {
+        tracing::error!(
+            id = row.id,
+            error = row.error,
+            "a row cannot be read; moved to invalidator.outbox_dead"
+        );
+        s.health.stats.dead.inc();
+    }
+    Ok(())
 }
 
 /// The `tracing` target of the per-batch trace: off unless `RUST_LOG` names it at TRACE
