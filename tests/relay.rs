@@ -893,6 +893,56 @@ async fn sigterm_under_load_exits_zero_without_loss() {
     assert_eq!(lost, 0);
 }
 
+/// How many claims the relay has run, from its own metrics.
+fn claims(health: &relay::Health) -> f64 {
+    let mut endpoint = invalidator::metrics::Endpoint::new();
+    endpoint.add("relay", "invalidator_relay_ready", health);
+    parse_metrics(&endpoint.render())["invalidator_relay_claim_duration_seconds_count"]
+}
+
+#[tokio::test]
+/// A relay on an empty outbox that has never claimed a row polls every `--poll-interval`.
+/// It used to claim back to back, 23,000 times a second (77% of a core and PostgreSQL busy
+/// with it), until its first row: an ordinary claim from id 0 was taken for a sweep, which
+/// passes the turn on without saying whether to wait.
+async fn idle_relay_polls_and_does_not_spin() {
+    let (db, c, topic) = setup("relay_idle", 1).await;
+    let mut s = settings(&db, &k::brokers(), &topic);
+    s.poll_interval = Duration::from_millis(50);
+    let relay = start(s);
+    let cc = &c;
+    let app = db.name.clone();
+    let app = &app;
+    eventually(WAIT, "the relay listens", || async move {
+        cc.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+            &[app],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            >= 1
+    })
+    .await;
+    let before = claims(&relay.health);
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let polls = claims(&relay.health) - before;
+    // 2 s at 50 ms is 40 polls and 2 sweeps; a slow machine polls less, never more.
+    assert!(polls >= 1.0, "the idle relay stopped polling: {polls} claims in {window:?}");
+    assert!(
+        polls <= 60.0,
+        "the idle relay claimed {polls} times in {window:?} at a 50 ms poll interval"
+    );
+    // It still publishes what comes.
+    insert(&c, "idle", 1).await;
+    eventually(WAIT, "the row is published", || async move {
+        outbox_len(cc).await == 0
+    })
+    .await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 /// With the notify trigger enabled, a LISTENing relay publishes a new row long before its
 /// (here: one minute) poll interval would have.

@@ -21,6 +21,27 @@ use std::time::{Duration, Instant};
 /// after a higher id was claimed is still picked up by the next ordinary claim.
 pub const HINT_LAG: Duration = Duration::from_secs(1);
 
+/// Where the next claim starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// The periodic full sweep from the smallest id, which passes the turn on before it
+    /// claims (under a long-open transaction it walks every dead tuple since).
+    Sweep,
+    /// An ordinary claim of the rows from this id on: 0 too, until the first claim is
+    /// `HINT_LAG` old, and that is not a sweep (an idle relay's polls are all such claims).
+    From(i64),
+}
+
+impl Scan {
+    /// The smallest id the claim considers.
+    pub fn from_id(self) -> i64 {
+        match self {
+            Scan::Sweep => 0,
+            Scan::From(id) => id,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Cursor {
     sweep_interval: Duration,
@@ -44,14 +65,15 @@ impl Cursor {
         }
     }
 
-    /// The smallest id the next claim should consider; 0 means a full sweep.
-    pub fn next_from(&mut self, now: Instant) -> i64 {
+    /// Where the next claim starts: a sweep every `sweep_interval` (the first claim is one),
+    /// else the floor, or past the last full batch.
+    pub fn next(&mut self, now: Instant) -> Scan {
         if self
             .last_sweep
             .is_none_or(|t| now.duration_since(t) >= self.sweep_interval)
         {
             self.last_sweep = Some(now);
-            return 0;
+            return Scan::Sweep;
         }
         while let Some(&(at, id)) = self.recent.front() {
             if now.duration_since(at) < HINT_LAG {
@@ -61,10 +83,10 @@ impl Cursor {
             self.recent.pop_front();
         }
         let from = if self.floor == 0 { 0 } else { self.floor + 1 };
-        match self.continuation {
+        Scan::From(match self.continuation {
             Some(id) => from.max(id + 1),
             None => from,
-        }
+        })
     }
 
     /// What the claim that just took its turn found: a full batch (`Some(its highest id)`)
@@ -90,27 +112,31 @@ mod tests {
     fn hint_trails_claims_and_sweeps_recur() {
         let t0 = Instant::now();
         let mut c = Cursor::new(Duration::from_secs(5));
-        assert_eq!(c.next_from(t0), 0, "first claim is a full sweep");
+        assert_eq!(c.next(t0), Scan::Sweep, "first claim is a full sweep");
         c.claimed(t0, 100);
         let t1 = t0 + Duration::from_millis(500);
         assert_eq!(
-            c.next_from(t1),
-            0,
-            "within the lag, rows below 100 may still commit"
+            c.next(t1),
+            Scan::From(0),
+            "within the lag, rows below 100 may still commit: from 0, and not a sweep"
         );
         c.claimed(t1, 200);
         let t2 = t0 + Duration::from_millis(1200);
-        assert_eq!(c.next_from(t2), 101, "100 was claimed over HINT_LAG ago");
-        let t3 = t0 + Duration::from_millis(1600);
-        assert_eq!(c.next_from(t3), 201);
         assert_eq!(
-            c.next_from(t0 + Duration::from_secs(5)),
-            0,
+            c.next(t2),
+            Scan::From(101),
+            "100 was claimed over HINT_LAG ago"
+        );
+        let t3 = t0 + Duration::from_millis(1600);
+        assert_eq!(c.next(t3), Scan::From(201));
+        assert_eq!(
+            c.next(t0 + Duration::from_secs(5)),
+            Scan::Sweep,
             "periodic sweep"
         );
         assert_eq!(
-            c.next_from(t0 + Duration::from_millis(5100)),
-            201,
+            c.next(t0 + Duration::from_millis(5100)),
+            Scan::From(201),
             "after the sweep the hint is back"
         );
     }
@@ -121,35 +147,39 @@ mod tests {
     fn full_batches_continue_after_the_last_claim() {
         let t0 = Instant::now();
         let mut c = Cursor::new(Duration::from_secs(5));
-        assert_eq!(c.next_from(t0), 0, "first claim is a full sweep");
+        assert_eq!(c.next(t0), Scan::Sweep, "first claim is a full sweep");
         c.continue_after(Some(1000));
         c.claimed(t0, 1000);
         let t1 = t0 + Duration::from_millis(10);
-        assert_eq!(c.next_from(t1), 1001, "continues past the full batch");
+        assert_eq!(
+            c.next(t1),
+            Scan::From(1001),
+            "continues past the full batch"
+        );
         c.continue_after(Some(2000));
-        assert_eq!(c.next_from(t1), 2001);
+        assert_eq!(c.next(t1), Scan::From(2001));
         c.continue_after(None);
         assert_eq!(
-            c.next_from(t1),
-            0,
+            c.next(t1),
+            Scan::From(0),
             "a partial batch goes back to the floor (none yet within the lag)"
         );
         c.continue_after(Some(3000));
         let t2 = t0 + Duration::from_millis(1100);
         assert_eq!(
-            c.next_from(t2),
-            3001,
+            c.next(t2),
+            Scan::From(3001),
             "the continuation is past the floor (1001)"
         );
         c.continue_after(None);
-        assert_eq!(c.next_from(t2), 1001, "back to the floor");
+        assert_eq!(c.next(t2), Scan::From(1001), "back to the floor");
         c.continue_after(Some(4000));
         assert_eq!(
-            c.next_from(t0 + Duration::from_secs(5)),
-            0,
+            c.next(t0 + Duration::from_secs(5)),
+            Scan::Sweep,
             "the periodic sweep still comes"
         );
-        assert_eq!(c.next_from(t0 + Duration::from_millis(5010)), 4001);
+        assert_eq!(c.next(t0 + Duration::from_millis(5010)), Scan::From(4001));
     }
 
     #[test]
@@ -157,9 +187,9 @@ mod tests {
     fn floor_never_decreases() {
         let t0 = Instant::now();
         let mut c = Cursor::new(Duration::from_secs(60));
-        c.next_from(t0);
+        c.next(t0);
         c.claimed(t0, 500);
         c.claimed(t0 + Duration::from_millis(10), 7);
-        assert_eq!(c.next_from(t0 + Duration::from_secs(2)), 501);
+        assert_eq!(c.next(t0 + Duration::from_secs(2)), Scan::From(501));
     }
 }

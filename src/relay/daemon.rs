@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use super::cursor::Cursor;
+use super::cursor::{Cursor, Scan};
 use super::lock;
 use super::publish::{self, RecordOutcome};
 use super::settings::{Failpoint, RelaySettings};
@@ -280,10 +280,10 @@ async fn worker(shared: Arc<Shared>, index: usize) -> Result<(), RelayError> {
         }
         let started = Instant::now();
         turn.last_claim = Some(started);
-        let from = lock(&s.cursor).next_from(started);
+        let scan = lock(&s.cursor).next(started);
         let producer = lock(&s.producer).clone();
         let mut trace = Trace::new(index, why, got_turn, started);
-        let outcome = relay_batch(s, &producer, from, turn, &mut trace).await;
+        let outcome = relay_batch(s, &producer, scan, turn, &mut trace).await;
         match outcome {
             Ok(batch) => {
                 lock(&s.pg).ok();
@@ -449,7 +449,7 @@ enum Failed {
 
 /// One batch, in one transaction on one connection. `turn` is released as soon as the rows
 /// are claimed (locked), telling the next claim whether to go at once (a full batch). A
-/// sweep (`from_id` 0) releases it before claiming: under a long-open transaction elsewhere
+/// sweep ([`Scan::Sweep`]) releases it before claiming: under a long-open transaction elsewhere
 /// it walks every dead tuple since, and ordinary claims from the hint need not wait for it
 /// (SKIP LOCKED keeps the two apart). A failure is recorded with [`Shared::failed`] before
 /// the transaction is dropped (which rolls it back), so no worker claims the released rows
@@ -457,7 +457,7 @@ enum Failed {
 async fn relay_batch(
     s: &Shared,
     producer: &publish::RelayProducer,
-    from_id: i64,
+    scan: Scan,
     turn: tokio::sync::MutexGuard<'_, Turn>,
     trace: &mut Trace,
 ) -> Result<Batch, Failed> {
@@ -467,9 +467,10 @@ async fn relay_batch(
         Err(fatal) => Failed::Fatal(fatal),
     };
     let mut turn = Some(turn);
-    if from_id == 0 {
+    if scan == Scan::Sweep {
         drop(turn.take());
     }
+    let from_id = scan.from_id();
     // Releases the turn; the next claim goes at once if `again`, and continues after
     // `continue_after` (a full batch's highest id) instead of at the trailing hint.
     let mut pass = |again: bool, continue_after: Option<i64>| {

@@ -6,7 +6,7 @@ mod daemon;
 mod publish;
 mod settings;
 
-pub use cursor::{Cursor, HINT_LAG};
+pub use cursor::{Cursor, Scan, HINT_LAG};
 pub use daemon::{run, Health, RelayError, TRACE_TARGET};
 pub use publish::{classify, producer_config, DeliveryClass};
 pub use settings::{Failpoint, RelaySettings};

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use invalidator::outbox;
-use invalidator::relay::Cursor;
+use invalidator::relay::{Cursor, Scan};
 
 use crate::common::*;
 
@@ -149,18 +149,19 @@ async fn held_run(
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); windows];
     let mut sweeps: Vec<Vec<f64>> = vec![Vec::new(); windows];
     while started.elapsed() < hold {
-        let from = if naive {
-            0
+        let scan = if naive {
+            Scan::From(0)
         } else {
-            cursor.next_from(Instant::now())
+            cursor.next(Instant::now())
         };
+        let from = scan.from_id();
         let tx = c.transaction().await.expect("begin");
         let t0 = Instant::now();
         let rows = outbox::claim(&tx, 1000, from).await.expect("claim");
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         tx.commit().await.expect("commit");
         let w = ((started.elapsed().as_secs_f64() / hold.as_secs_f64()) * windows as f64) as usize;
-        if from == 0 && !naive {
+        if scan == Scan::Sweep {
             sweeps[w.min(windows - 1)].push(ms);
         } else {
             samples[w.min(windows - 1)].push(ms);
