@@ -929,7 +929,10 @@ async fn idle_relay_polls_and_does_not_spin() {
     tokio::time::sleep(window).await;
     let polls = claims(&relay.health) - before;
     // 2 s at 50 ms is 40 polls and 2 sweeps; a slow machine polls less, never more.
-    assert!(polls >= 1.0, "the idle relay stopped polling: {polls} claims in {window:?}");
+    assert!(
+        polls >= 1.0,
+        "the idle relay stopped polling: {polls} claims in {window:?}"
+    );
     assert!(
         polls <= 60.0,
         "the idle relay claimed {polls} times in {window:?} at a 50 ms poll interval"
