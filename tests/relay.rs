@@ -893,6 +893,22 @@ async fn sigterm_under_load_exits_zero_without_loss() {
     assert_eq!(lost, 0);
 }
 
+/// Waits until a relay on `db` has its LISTEN connection open.
+async fn listening(c: &tokio_postgres::Client, db: &TestDb) {
+    let app = &db.name;
+    eventually(WAIT, "the relay listens", || async move {
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+            &[app],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            >= 1
+    })
+    .await;
+}
+
 /// How many claims the relay has run, from its own metrics.
 fn claims(health: &relay::Health) -> f64 {
     let mut endpoint = invalidator::metrics::Endpoint::new();
@@ -910,20 +926,9 @@ async fn idle_relay_polls_and_does_not_spin() {
     let mut s = settings(&db, &k::brokers(), &topic);
     s.poll_interval = Duration::from_millis(50);
     let relay = start(s);
+    // Started: its LISTEN connection is open.
+    listening(&c, &db).await;
     let cc = &c;
-    let app = db.name.clone();
-    let app = &app;
-    eventually(WAIT, "the relay listens", || async move {
-        cc.query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
-            &[app],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-            >= 1
-    })
-    .await;
     let before = claims(&relay.health);
     let window = Duration::from_secs(2);
     tokio::time::sleep(window).await;
@@ -961,21 +966,9 @@ async fn notify_wakes_the_relay() {
     s.poll_interval = Duration::from_secs(60);
     s.sweep_interval = Duration::from_secs(600);
     let relay = start(s);
-    let cc = &c;
-    let app = db.name.clone();
-    let app = &app;
     // Wait for the LISTEN connection, so the notification has a listener.
-    eventually(WAIT, "the relay listens", || async move {
-        cc.query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
-            &[app],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-            >= 1
-    })
-    .await;
+    listening(&c, &db).await;
+    let cc = &c;
     insert(&c, "wake", 1).await;
     eventually(
         Duration::from_secs(20),
